@@ -1,0 +1,259 @@
+//! A preservation policy evaluated at a given instant in a given time zone.
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+use crate::{Params, TimeSpan, Timeframe};
+
+/// [`Params`] evaluated at the instant `now` in a time zone.
+///
+/// For each timeframe with a count N > 0, the policy *preserves* the N most recent spans of
+/// that timeframe: the one containing `now` and the N - 1 before it. For years down to days,
+/// "before" is calendar arithmetic in the time zone; for hours, minutes and seconds it is
+/// elapsed time (`now` minus k hours), which behaves sensibly across DST changes.
+///
+/// There is no clock here: `now` is whatever the caller says it is.
+///
+/// ```
+/// use btrfs2s3_policy::{Policy, Timeframe, TimeSpan};
+/// use jiff::{Timestamp, tz::TimeZone};
+///
+/// let tz = TimeZone::get("Europe/Berlin")?;
+/// let now: Timestamp = "2026-05-20T12:00:00Z".parse()?;
+/// let policy = Policy::new("1y 3m".parse()?, tz.clone(), now);
+///
+/// let march = TimeSpan::containing(Timeframe::Months, "2026-03-15T00:00:00Z".parse()?, &tz);
+/// let february = TimeSpan::containing(Timeframe::Months, "2026-02-15T00:00:00Z".parse()?, &tz);
+/// assert!(policy.preserves(&march)); // May, April, March
+/// assert!(!policy.preserves(&february));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Policy {
+    params: Params,
+    tz: TimeZone,
+    now: Timestamp,
+    // The civil date of `now` in `tz`, computed once.
+    today: Date,
+}
+
+impl Policy {
+    /// A policy with these parameters, in this time zone, evaluated at `now`.
+    #[must_use]
+    pub fn new(params: Params, tz: TimeZone, now: Timestamp) -> Policy {
+        let today = tz.to_datetime(now).date();
+        Policy {
+            params,
+            tz,
+            now,
+            today,
+        }
+    }
+
+    /// The parameters of this policy.
+    #[must_use]
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The time zone spans are computed in.
+    #[must_use]
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    /// The instant the policy is evaluated at.
+    #[must_use]
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The spans that `instant` belongs to, one for each timeframe of the policy (those with
+    /// a non-zero count), longest first.
+    pub fn spans_containing(&self, instant: Timestamp) -> impl Iterator<Item = TimeSpan> + '_ {
+        self.params
+            .timeframes()
+            .map(move |timeframe| TimeSpan::containing(timeframe, instant, &self.tz))
+    }
+
+    /// Whether the policy preserves `span`: it is one of the N most recent spans of its
+    /// timeframe, where N is the policy's count for that timeframe.
+    ///
+    /// `span` is expected to come from [`TimeSpan::containing`] with this policy's time zone.
+    #[must_use]
+    pub fn preserves(&self, span: &TimeSpan) -> bool {
+        let count = i64::from(self.params.count(span.timeframe()));
+        if count == 0 || span.start() > self.now {
+            return false;
+        }
+        if let Some(unit) = unit_seconds(span.timeframe()) {
+            // The k-th preserved span is the one containing `now - k * unit`, k < count.
+            // Spans of a timeframe do not overlap, so `span` is preserved exactly when the
+            // smallest k whose instant falls before its end also falls at or after its start.
+            let since_end = self.now.as_second() - span.end().as_second();
+            let k = if since_end < 0 {
+                0
+            } else {
+                since_end / unit + 1
+            };
+            k < count && self.now.as_second() - k * unit >= span.start().as_second()
+        } else {
+            let start = self.tz.to_datetime(span.start()).date();
+            let back = calendar_distance(span.timeframe(), start, self.today);
+            (0..count).contains(&back)
+        }
+    }
+
+    /// The spans of `timeframe` that the policy preserves, most recent first.
+    pub fn preserved_spans(&self, timeframe: Timeframe) -> impl Iterator<Item = TimeSpan> + '_ {
+        let mut cursor = Some(TimeSpan::containing(timeframe, self.now, &self.tz));
+        std::iter::from_fn(move || {
+            let span = cursor.take()?;
+            if !self.preserves(&span) {
+                return None;
+            }
+            let before = span
+                .start()
+                .checked_sub(jiff::SignedDuration::from_secs(1))
+                .ok();
+            cursor = before.map(|instant| TimeSpan::containing(timeframe, instant, &self.tz));
+            Some(span)
+        })
+    }
+}
+
+/// The fixed length of the sub-day timeframes, which the policy steps through in elapsed time.
+fn unit_seconds(timeframe: Timeframe) -> Option<i64> {
+    match timeframe {
+        Timeframe::Hours => Some(3600),
+        Timeframe::Minutes => Some(60),
+        Timeframe::Seconds => Some(1),
+        _ => None,
+    }
+}
+
+/// How many units of a calendar timeframe lie between the unit containing `earlier` and the
+/// unit containing `later` (0 when they are the same unit).
+fn calendar_distance(timeframe: Timeframe, earlier: Date, later: Date) -> i64 {
+    let months = |date: Date| i64::from(date.year()) * 12 + i64::from(date.month()) - 1;
+    let days = |date: Date| {
+        date.since(Date::constant(1970, 1, 1))
+            .map_or(0, |span| i64::from(span.get_days()))
+    };
+    match timeframe {
+        Timeframe::Years => i64::from(later.year()) - i64::from(earlier.year()),
+        Timeframe::Quarters => months(later).div_euclid(3) - months(earlier).div_euclid(3),
+        Timeframe::Months => months(later) - months(earlier),
+        Timeframe::Weeks => {
+            let monday =
+                |date: Date| days(date) - i64::from(date.weekday().to_monday_zero_offset());
+            (monday(later) - monday(earlier)).div_euclid(7)
+        }
+        Timeframe::Days => days(later) - days(earlier),
+        Timeframe::Hours | Timeframe::Minutes | Timeframe::Seconds => {
+            unreachable!("sub-day timeframes are stepped in elapsed time")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(preserve: &str, zone: &str, now: &str) -> Policy {
+        Policy::new(
+            preserve.parse().unwrap(),
+            TimeZone::get(zone).unwrap(),
+            now.parse().unwrap(),
+        )
+    }
+
+    /// The preserved spans of each timeframe, described, most recent first.
+    fn check(preserve: &str, zone: &str, now: &str, expected: &[&str]) {
+        let policy = policy(preserve, zone, now);
+        let actual: Vec<String> = policy
+            .params()
+            .timeframes()
+            .flat_map(|tf| policy.preserved_spans(tf).collect::<Vec<_>>())
+            .map(|span| span.describe(policy.time_zone()))
+            .collect();
+        assert_eq!(actual, expected, "{preserve} at {now} in {zone}");
+    }
+
+    #[test]
+    fn preserved_spans() {
+        check(
+            "2y 2q 3m",
+            "UTC",
+            "2026-03-31T10:00:00Z",
+            &[
+                "2026 yearly",
+                "2025 yearly",
+                "2026-Q1 quarterly",
+                "2025-Q4 quarterly",
+                "2026-03 monthly",
+                "2026-02 monthly",
+                "2026-01 monthly",
+            ],
+        );
+        check(
+            "2w 3d",
+            "America/Los_Angeles",
+            "2026-03-09T01:00:00-07:00",
+            &[
+                "2026-W11 weekly",
+                "2026-W10 weekly",
+                "2026-03-09 daily",
+                "2026-03-08 daily",
+                "2026-03-07 daily",
+            ],
+        );
+        // Hours step in elapsed time, so the skipped hour does not shift anything.
+        check(
+            "3h",
+            "Europe/Berlin",
+            "2026-03-29T03:30:00+02:00",
+            &[
+                "2026-03-29T03 hourly",
+                "2026-03-29T01 hourly",
+                "2026-03-29T00 hourly",
+            ],
+        );
+        check(
+            "0y 1M",
+            "UTC",
+            "2026-01-01T00:00:59Z",
+            &["2026-01-01T00:00 minutely"],
+        );
+    }
+
+    #[test]
+    fn spans_after_now_are_not_preserved() {
+        let policy = policy("5y 5d 5h", "UTC", "2026-01-01T00:00:00Z");
+        let tz = policy.time_zone().clone();
+        let later: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let next_year: Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+        assert!(policy.preserves(&TimeSpan::containing(Timeframe::Years, later, &tz)));
+        assert!(!policy.preserves(&TimeSpan::containing(Timeframe::Hours, later, &tz)));
+        assert!(!policy.preserves(&TimeSpan::containing(Timeframe::Years, next_year, &tz)));
+    }
+
+    #[test]
+    fn huge_counts_are_cheap() {
+        let policy = policy("4294967295d", "UTC", "2026-01-01T00:00:00Z");
+        let old: Timestamp = "1900-01-01T00:00:00Z".parse().unwrap();
+        let span = TimeSpan::containing(Timeframe::Days, old, policy.time_zone());
+        assert!(policy.preserves(&span));
+    }
+
+    #[test]
+    fn spans_containing_follow_the_policy_timeframes() {
+        let policy = policy("1y 0m 1d", "UTC", "2026-01-01T00:00:00Z");
+        let timeframes: Vec<_> = policy
+            .spans_containing("2025-06-01T00:00:00Z".parse().unwrap())
+            .map(|span| span.timeframe())
+            .collect();
+        assert_eq!(timeframes, [Timeframe::Years, Timeframe::Days]);
+    }
+}
