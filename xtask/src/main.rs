@@ -1,2 +1,161 @@
-//! `cargo xtask`: development tasks.
-fn main() {}
+//! `cargo xtask`: the project's development tasks.
+//!
+//! ```text
+//! cargo xtask test          everything CI runs: fmt, clippy, docs, unit and integration tests
+//! cargo xtask integration   only the tests that need root, btrfs and the S3 servers
+//! cargo xtask demo          a guided run of btrfs2s3 on a throw-away btrfs and S3 server
+//! cargo xtask shell         a shell inside a test environment (for poking around)
+//! ```
+//!
+//! Everything that can be installed is installed on demand: Debian packages with apt-get,
+//! moto with pip into a virtualenv and Garage with `cargo install`, both in a cache directory
+//! outside the repository (`~/.cache/btrfs2s3-xtask`, or `$BTRFS2S3_XTASK_CACHE`) that later
+//! runs reuse.
+
+mod cmd;
+mod testenv;
+mod tools;
+
+use std::process::ExitCode;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test          fmt check, clippy -D warnings, docs, unit tests and integration tests
+                (integration tests need root: loop devices and mounts)
+  integration   only the integration tests (real btrfs, moto and Garage)
+  demo          a guided tour: a full backup and two differentials on a throw-away setup
+  shell         start a shell inside a test environment; BTRFS2S3_TEST_ENV describes it
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("integration") => integration(),
+        Some("shell") => shell(),
+        Some("demo") => demo(),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything CI runs.
+fn test() -> Result<()> {
+    tools::ensure_build_prerequisites()?;
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    cmd::run(
+        cmd::cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    testenv::require_root("cargo xtask test")?;
+    let env = testenv::TestEnv::start()?;
+    cmd::run(env.apply(cmd::cargo().args(["test", "--workspace"])))?;
+    Ok(())
+}
+
+/// Only the integration test targets (the `tests/*.rs` files of every crate).
+fn integration() -> Result<()> {
+    tools::ensure_build_prerequisites()?;
+    testenv::require_root("cargo xtask integration")?;
+    let env = testenv::TestEnv::start()?;
+    cmd::run(env.apply(cmd::cargo().args(["test", "--workspace", "--test", "*"])))?;
+    Ok(())
+}
+
+fn shell() -> Result<()> {
+    tools::ensure_build_prerequisites()?;
+    testenv::require_root("cargo xtask shell")?;
+    let env = testenv::TestEnv::start()?;
+    println!("test environment: {}", env.describe());
+    println!("exit the shell to tear it down");
+    let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".to_owned());
+    // The shell's exit status is the user's business.
+    let _ = env.apply(&mut std::process::Command::new(shell)).status();
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    Err("the demo arrives with the `update` command".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The architecture's dependency direction, checked against `cargo metadata`:
+    /// policy at the bottom, btrfs and s3 beside each other, core above them, cli on top.
+    #[test]
+    fn crate_dependencies_point_one_way() {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .expect("cargo metadata runs");
+        assert!(output.status.success(), "cargo metadata failed");
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+        let ours = |name: &str| name.starts_with("btrfs2s3-");
+        let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for package in metadata["packages"].as_array().expect("packages") {
+            let name = package["name"].as_str().expect("name").to_owned();
+            let normal: BTreeSet<String> = package["dependencies"]
+                .as_array()
+                .expect("dependencies")
+                .iter()
+                .filter(|dep| dep["kind"].is_null()) // normal dependencies, not dev or build
+                .map(|dep| dep["name"].as_str().expect("name").to_owned())
+                .filter(|dep| ours(dep))
+                .collect();
+            deps.insert(name, normal);
+        }
+        let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
+            ("btrfs2s3-policy", &[][..]),
+            ("btrfs2s3-btrfs", &[][..]),
+            ("btrfs2s3-s3", &[][..]),
+            (
+                "btrfs2s3-core",
+                &["btrfs2s3-policy", "btrfs2s3-btrfs", "btrfs2s3-s3"][..],
+            ),
+            ("btrfs2s3-cli", &["btrfs2s3-core", "btrfs2s3-policy"][..]),
+        ]);
+        for (name, allowed) in allowed {
+            let actual = deps
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is a member"));
+            let unexpected: Vec<_> = actual
+                .iter()
+                .filter(|dep| !allowed.contains(&dep.as_str()))
+                .collect();
+            assert!(
+                unexpected.is_empty(),
+                "{name} must not depend on {unexpected:?} (see ARCHITECTURE.md)"
+            );
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The integration-test environment: two loopback btrfs filesystems and two S3 servers
+//! (moto and Garage) on free loopback ports, described to the tests by a JSON file named in
+//! `BTRFS2S3_TEST_ENV`. Everything is torn down when the `TestEnv` drops, including after a
+//! test failure, a panic or Ctrl-C.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{Result, cmd, tools};
+
+/// The variable that names the environment file; tests skip themselves without it.
+pub const ENV_VAR: &str = "BTRFS2S3_TEST_ENV";
+
+/// Size of each sparse btrfs image.
+const IMAGE_BYTES: u64 = 2 << 30;
+
+/// Integration tests need root for loop devices and mounts.
+pub fn require_root(task: &str) -> Result<()> {
+    let uid = cmd::output(Command::new("id").arg("-u"))?;
+    if uid.trim() == "0" {
+        Ok(())
+    } else {
+        Err(format!(
+            "the integration tests need root (loop devices, mount, btrfs send); run:\n    sudo -E env \"PATH=$PATH\" {task}"
+        )
+        .into())
+    }
+}
+
+/// A running test environment. Fields drop in order: servers, then filesystems, then the
+/// temporary directory that held their state.
+pub struct TestEnv {
+    servers: Vec<Server>,
+    mounts: Vec<Mount>,
+    env_file: PathBuf,
+    dir: TempDir,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl TestEnv {
+    /// Creates the filesystems and starts the servers, installing what is missing.
+    pub fn start() -> Result<TestEnv> {
+        // Ctrl-C reaches the tests (same process group) and stops them; we must survive it to
+        // clean up. A flag handler is reset to the default in child processes on exec.
+        let interrupted = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
+        }
+        let moto = tools::ensure_moto()?;
+        let garage = tools::ensure_garage()?;
+
+        let dir = TempDir::new("btrfs2s3-xtask")?;
+        let mut env = TestEnv {
+            servers: Vec::new(),
+            mounts: Vec::new(),
+            env_file: dir.path().join("env.json"),
+            dir,
+            interrupted,
+        };
+        for name in ["btrfs", "receive"] {
+            env.mounts.push(Mount::create(env.dir.path(), name)?);
+        }
+        let moto = env.start_moto(&moto)?;
+        let garage = env.start_garage(&garage)?;
+        let description = serde_json::json!({
+            "btrfs": env.mounts[0].mountpoint,
+            "btrfs_receive": env.mounts[1].mountpoint,
+            "s3": [moto, garage],
+        });
+        std::fs::write(&env.env_file, serde_json::to_vec_pretty(&description)?)?;
+        Ok(env)
+    }
+
+    /// Points `command` at this environment.
+    pub fn apply<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        command.env(ENV_VAR, &self.env_file)
+    }
+
+    /// A one-line summary for humans.
+    pub fn describe(&self) -> String {
+        format!("{}={}", ENV_VAR, self.env_file.display())
+    }
+
+    fn check_interrupted(&self) -> Result<()> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            Err("interrupted".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits until something listens on `port`, or the server exits, or 60 s pass.
+    fn wait_for_port(&mut self, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_interrupted()?;
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(server) = self.servers.last_mut()
+                && let Ok(Some(status)) = server.child.try_wait()
+            {
+                return Err(format!(
+                    "{} exited early ({status}); see {}",
+                    server.name,
+                    server.log.display()
+                )
+                .into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("nothing listens on port {port} after 60 s").into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn(&mut self, name: &str, command: &mut Command) -> Result<()> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cmd::display(command)))?;
+        self.servers.push(Server {
+            name: name.to_owned(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    fn start_moto(&mut self, moto_server: &Path) -> Result<serde_json::Value> {
+        let port = free_port()?;
+        self.spawn(
+            "moto",
+            Command::new(moto_server).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+        )?;
+        self.wait_for_port(port)?;
+        Ok(serde_json::json!({
+            "name": "moto",
+            "endpoint": format!("http://127.0.0.1:{port}"),
+            "region": "us-east-1",
+            "access_key_id": "moto-test-key",
+            "secret_access_key": "moto-test-secret",
+            "object_lock": true,
+            "storage_classes": true,
+        }))
+    }
+
+    fn start_garage(&mut self, garage: &Path) -> Result<serde_json::Value> {
+        let root = self.dir.path().join("garage");
+        std::fs::create_dir_all(&root)?;
+        let (rpc, s3, admin) = (free_port()?, free_port()?, free_port()?);
+        let config = root.join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"metadata_dir = "{root}/meta"
+data_dir = "{root}/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+admin_token = "xtask-admin-token"
+"#,
+                root = root.display(),
+                secret = "5ec4e7".repeat(10) + "0123",
+            ),
+        )?;
+        let garage_cmd = || {
+            let mut command = Command::new(garage);
+            command.arg("-c").arg(&config).env("RUST_LOG", "warn");
+            command
+        };
+        self.spawn("garage", garage_cmd().arg("server"))?;
+        self.wait_for_port(rpc)?;
+        let node = cmd::output(garage_cmd().args(["node", "id", "-q"]))?;
+        let node = node.trim().split('@').next().unwrap_or_default().to_owned();
+        cmd::output(garage_cmd().args(["layout", "assign", "-z", "dc1", "-c", "1GB", &node]))?;
+        cmd::output(garage_cmd().args(["layout", "apply", "--version", "1"]))?;
+        let (key_id, secret) = ("GK0123456789abcdef01234567", "0123456789abcdef".repeat(4));
+        cmd::output(garage_cmd().args(["key", "import", "--yes", "-n", "xtask", key_id, &secret]))?;
+        cmd::output(garage_cmd().args(["key", "allow", "--create-bucket", key_id]))?;
+        self.wait_for_port(s3)?;
+        Ok(serde_json::json!({
+            "name": "garage",
+            "endpoint": format!("http://127.0.0.1:{s3}"),
+            "region": "garage",
+            "access_key_id": key_id,
+            "secret_access_key": secret,
+            "object_lock": false,
+            "storage_classes": false,
+        }))
+    }
+}
+
+/// A free TCP port on the loopback interface.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+struct Server {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A btrfs filesystem in a sparse image file, mounted through a loop device.
+struct Mount {
+    image: PathBuf,
+    loop_device: Option<String>,
+    mountpoint: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    fn create(dir: &Path, name: &str) -> Result<Mount> {
+        let mut mount = Mount {
+            image: dir.join(format!("{name}.img")),
+            loop_device: None,
+            mountpoint: dir.join(name),
+            mounted: false,
+        };
+        File::create(&mount.image)?.set_len(IMAGE_BYTES)?;
+        cmd::output(Command::new("mkfs.btrfs").arg("-q").arg(&mount.image))?;
+        let device = cmd::output(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&mount.image),
+        )?;
+        mount.loop_device = Some(device.trim().to_owned());
+        std::fs::create_dir(&mount.mountpoint)?;
+        cmd::output(
+            Command::new("mount")
+                .arg(device.trim())
+                .arg(&mount.mountpoint),
+        )?;
+        mount.mounted = true;
+        Ok(mount)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            // A process that still has a file open keeps the mount busy for a moment.
+            let unmounted = (0..10).any(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                cmd::output(Command::new("umount").arg(&self.mountpoint)).is_ok()
+            });
+            if !unmounted {
+                eprintln!(
+                    "xtask: {} is busy; detaching it lazily",
+                    self.mountpoint.display()
+                );
+                let _ = cmd::output(Command::new("umount").arg("-l").arg(&self.mountpoint));
+            }
+        }
+        if let Some(device) = &self.loop_device
+            && let Err(e) = cmd::output(Command::new("losetup").arg("-d").arg(device))
+        {
+            eprintln!("xtask: cannot detach {device}: {e}");
+        }
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A directory under the system temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        let path =
+            cmd::output(Command::new("mktemp").args(["-d", "-t", &format!("{prefix}.XXXXXX")]))?;
+        Ok(TempDir(PathBuf::from(path.trim())))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("xtask: cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
