@@ -6,5 +6,13 @@
 #![forbid(unsafe_code)]
 
 mod key;
+mod remote;
+mod tls;
+mod upload;
 
 pub use key::{BackupMeta, KeyError, format_ctime};
+pub use remote::{
+    Error, ListedBackup, ListedObject, Listing, Remote, RemoteConfig, RequestError, Secret,
+    UploadSettings, Verify,
+};
+pub use upload::{Checksum, LockMode, ObjectLock, StagedUpload, UploadOptions, part_size};

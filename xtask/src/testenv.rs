@@ -65,12 +65,14 @@ impl TestEnv {
         for name in ["btrfs", "receive"] {
             env.mounts.push(Mount::create(env.dir.path(), name)?);
         }
+        let moto_tls = env.start_moto_tls(&moto)?;
         let moto = env.start_moto(&moto)?;
         let garage = env.start_garage(&garage)?;
         let description = serde_json::json!({
             "btrfs": env.mounts[0].mountpoint,
             "btrfs_receive": env.mounts[1].mountpoint,
             "s3": [moto, garage],
+            "s3_tls": moto_tls,
         });
         std::fs::write(&env.env_file, serde_json::to_vec_pretty(&description)?)?;
         Ok(env)
@@ -151,6 +153,92 @@ impl TestEnv {
             "secret_access_key": "moto-test-secret",
             "object_lock": true,
             "storage_classes": true,
+        }))
+    }
+
+    /// moto behind HTTPS with a self-signed certificate, for the `verify` settings.
+    fn start_moto_tls(&mut self, moto_server: &Path) -> Result<serde_json::Value> {
+        // A CA and a server certificate it signed (webpki rejects a self-signed CA
+        // certificate used directly by a server).
+        let file = |name: &str| self.dir.path().join(name);
+        let (ca, ca_key) = (file("ca.crt"), file("ca.key"));
+        let (cert, key, csr, ext) = (
+            file("tls.crt"),
+            file("tls.key"),
+            file("tls.csr"),
+            file("tls.ext"),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )?;
+        cmd::output(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=btrfs2s3 xtask CA",
+                ])
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca),
+        )?;
+        cmd::output(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr),
+        )?;
+        cmd::output(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                .arg("-in")
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&cert),
+        )?;
+        let port = free_port()?;
+        self.spawn(
+            "moto-tls",
+            Command::new(moto_server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-c")
+                .arg(&cert)
+                .arg("-k")
+                .arg(&key),
+        )?;
+        self.wait_for_port(port)?;
+        Ok(serde_json::json!({
+            "name": "moto-tls",
+            "endpoint": format!("https://127.0.0.1:{port}"),
+            "region": "us-east-1",
+            "access_key_id": "moto-test-key",
+            "secret_access_key": "moto-test-secret",
+            "object_lock": true,
+            "storage_classes": true,
+            "ca_bundle": ca,
         }))
     }
 

@@ -1,0 +1,622 @@
+//! A connection to one bucket: client construction, listing, download and delete.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use snafu::{ResultExt, Snafu};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::BackupMeta;
+
+/// A secret string: never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(** redacted **)")
+    }
+}
+
+/// How to check the server's TLS certificate (the config's `verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// The system's trust store (the default, `verify: true`).
+    #[default]
+    System,
+    /// Do not verify (`verify: false`).
+    Off,
+    /// Trust the certificates in this PEM bundle (`verify: /path/to/ca.pem`).
+    CaBundle(PathBuf),
+}
+
+/// Tuning of uploads. The defaults suit most links; see the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadSettings {
+    /// Size of the first parts of a multipart upload, in bytes (at least 5 MiB, S3's minimum).
+    pub part_size: u64,
+    /// The part size doubles after every this many parts, so that the 10,000 parts S3 allows
+    /// hold 5 TiB with the default settings.
+    pub parts_per_size_step: u32,
+    /// How many parts are uploaded at once while the next one is read.
+    pub parts_in_flight: usize,
+}
+
+impl Default for UploadSettings {
+    fn default() -> UploadSettings {
+        UploadSettings {
+            part_size: 8 << 20,
+            parts_per_size_step: 1000,
+            parts_in_flight: 4,
+        }
+    }
+}
+
+/// Everything needed to reach a bucket.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteConfig {
+    /// The bucket.
+    pub bucket: String,
+    /// A custom endpoint (Garage, `MinIO`, B2...); the SDK's default otherwise.
+    pub endpoint_url: Option<String>,
+    /// The region; otherwise the standard chain (environment, profile), else `us-east-1`.
+    pub region: Option<String>,
+    /// A profile of `~/.aws/config` and `~/.aws/credentials`.
+    pub profile: Option<String>,
+    /// Static credentials; otherwise the standard chain.
+    pub access_key_id: Option<String>,
+    /// The secret of `access_key_id`.
+    pub secret_access_key: Option<Secret>,
+    /// TLS certificate checking.
+    pub verify: Verify,
+    /// Path-style addressing (`endpoint/bucket/key`); default: on with a custom endpoint.
+    pub force_path_style: Option<bool>,
+    /// Total attempts of each request before giving up (the SDK's standard retry with
+    /// exponential backoff on throttling, 5xx and connection errors).
+    pub max_attempts: u32,
+    /// Give up on a connection attempt after this long.
+    pub connect_timeout: Duration,
+    /// Give up on a request when the server sends nothing for this long.
+    pub read_timeout: Duration,
+    /// Upload tuning.
+    pub upload: UploadSettings,
+}
+
+impl RemoteConfig {
+    /// A config for `bucket` with every other setting at its default.
+    #[must_use]
+    pub fn new(bucket: impl Into<String>) -> RemoteConfig {
+        RemoteConfig {
+            bucket: bucket.into(),
+            max_attempts: 5,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(120),
+            ..RemoteConfig::default()
+        }
+    }
+}
+
+/// The errors of this crate. Every one names the bucket (and key) it is about.
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub(crate)))]
+pub enum Error {
+    /// The settings are unusable.
+    #[snafu(display("invalid S3 settings for bucket {bucket}: {reason}"))]
+    Settings {
+        /// The bucket.
+        bucket: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The CA bundle of `verify` cannot be read.
+    #[snafu(display("cannot read the CA bundle {} for bucket {bucket}", path.display()))]
+    CaBundle {
+        /// The bucket.
+        bucket: String,
+        /// The bundle.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A request failed (after retries, for retryable failures).
+    #[snafu(display("failed to {operation} in bucket {bucket}{}", key_suffix(key.as_deref())))]
+    Request {
+        /// What we were doing, e.g. "list objects".
+        operation: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// The object, if any.
+        key: Option<String>,
+        /// What the server or the network said.
+        source: RequestError,
+    },
+    /// The stream to upload could not be read.
+    #[snafu(display("failed to read the stream to upload to {key} in bucket {bucket}"))]
+    ReadStream {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A downloaded object could not be written out.
+    #[snafu(display("failed to write {key} of bucket {bucket}"))]
+    WriteDownload {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The stream is larger than an S3 object can be with these settings.
+    #[snafu(display(
+        "the stream to upload to {key} in bucket {bucket} needs more than 10,000 parts"
+    ))]
+    TooManyParts {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+    },
+    /// Some keys of a `DeleteObjects` call were not deleted.
+    #[snafu(display("failed to delete {} object(s) from bucket {bucket}: {}", failures.len(), describe_failures(failures)))]
+    DeleteFailed {
+        /// The bucket.
+        bucket: String,
+        /// Each key that was not deleted, and why.
+        failures: Vec<(String, String)>,
+    },
+}
+
+fn key_suffix(key: Option<&str>) -> String {
+    key.map(|key| format!(" (key {key})")).unwrap_or_default()
+}
+
+fn describe_failures(failures: &[(String, String)]) -> String {
+    let mut text: Vec<String> = failures
+        .iter()
+        .take(5)
+        .map(|(key, reason)| format!("{key}: {reason}"))
+        .collect();
+    if failures.len() > 5 {
+        text.push(format!("and {} more", failures.len() - 5));
+    }
+    text.join("; ")
+}
+
+/// A failed request: the server's error code and message or the network error, and how many
+/// attempts were made.
+#[derive(Debug)]
+pub struct RequestError {
+    message: String,
+    code: Option<String>,
+    attempts: u32,
+}
+
+impl RequestError {
+    /// The S3 error code, e.g. `NoSuchBucket`, when the server answered.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// How many attempts were made before giving up.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn new<E, R>(error: &SdkError<E, R>, attempts: u32) -> RequestError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
+        let (message, code) = match error {
+            SdkError::ServiceError(service) => {
+                let inner = service.err();
+                let code = inner.code().map(str::to_owned);
+                let status = service.raw();
+                let message = match (inner.code(), inner.message()) {
+                    (Some(code), Some(message)) => format!("{code}: {message}"),
+                    (Some(code), None) => code.to_owned(),
+                    _ => format!("{}", DisplayErrorContext(inner)),
+                };
+                (format!("{message} ({status:?})"), code)
+            }
+            other => (format!("{}", DisplayErrorContext(other)), None),
+        };
+        RequestError {
+            message,
+            code,
+            attempts,
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.attempts == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} (after {} attempt{plural})",
+            self.message, self.attempts
+        )
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Counts the attempts of one request (installed per operation with `customize()`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AttemptCounter(Arc<AtomicU32>);
+
+impl AttemptCounter {
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Intercept for AttemptCounter {
+    fn name(&self) -> &'static str {
+        "AttemptCounter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// The key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Storage class as the server reports it (`STANDARD`, `GLACIER`...), if it does.
+    pub storage_class: Option<String>,
+}
+
+/// One backup of a listing: the object and what its key says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedBackup {
+    /// The object.
+    pub object: ListedObject,
+    /// The metadata in its key.
+    pub meta: BackupMeta,
+}
+
+/// Everything in a bucket, split into our backups and foreign objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Objects whose keys parse as backup keys.
+    pub backups: Vec<ListedBackup>,
+    /// Objects whose keys do not: not ours, never to be deleted.
+    pub foreign: Vec<ListedObject>,
+    /// How many `ListObjectsV2` pages were read.
+    pub pages: u32,
+}
+
+/// A connection to one bucket.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub(crate) client: aws_sdk_s3::Client,
+    pub(crate) bucket: String,
+    pub(crate) upload: UploadSettings,
+}
+
+impl Remote {
+    /// Builds a client for `config`. Nothing is sent yet: errors about credentials or the
+    /// bucket surface with the first request.
+    pub async fn connect(config: &RemoteConfig) -> Result<Remote, Error> {
+        let bucket = config.bucket.clone();
+        let settings_error = |reason: String| Error::Settings {
+            bucket: bucket.clone(),
+            reason,
+        };
+        if config.upload.part_size < 5 << 20 || config.upload.part_size > 5 << 30 {
+            return Err(settings_error(format!(
+                "part size {} is outside S3's limits (5 MiB to 5 GiB)",
+                config.upload.part_size
+            )));
+        }
+        if config.upload.parts_in_flight == 0 || config.upload.parts_per_size_step == 0 {
+            return Err(settings_error(
+                "parts in flight and parts per size step must be at least 1".into(),
+            ));
+        }
+        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+            .or_default_provider()
+            .or_else(Region::from_static("us-east-1"));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .read_timeout(config.read_timeout)
+                    .build(),
+            );
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    id,
+                    secret.expose(),
+                    None,
+                    None,
+                    "btrfs2s3 config",
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(settings_error(
+                    "aws_access_key_id and aws_secret_access_key must be given together".into(),
+                ));
+            }
+        }
+        match &config.verify {
+            Verify::System => {}
+            Verify::CaBundle(path) => {
+                let pem = tokio::fs::read(path).await.context(CaBundleSnafu {
+                    bucket: bucket.clone(),
+                    path: path.clone(),
+                })?;
+                let client = crate::tls::client_trusting(pem).map_err(settings_error)?;
+                loader = loader.http_client(client);
+            }
+            Verify::Off => {
+                loader = loader.http_client(crate::tls::client_without_verification());
+            }
+        }
+        let sdk_config = loader.load().await;
+        let s3_config = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(
+                config
+                    .force_path_style
+                    .unwrap_or(config.endpoint_url.is_some()),
+            )
+            // The SDK's default adds CRC32 checksums to every upload in an aws-chunked body,
+            // which third-party servers reject (Garage 2.5 answers InvalidDigest to multipart
+            // uploads). Checksums are sent where the API requires them, or when asked for.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        Ok(Remote {
+            client: aws_sdk_s3::Client::from_conf(s3_config),
+            bucket: config.bucket.clone(),
+            upload: config.upload,
+        })
+    }
+
+    /// The bucket.
+    #[must_use]
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The underlying SDK client, configured like every request of this crate, for operations
+    /// this crate does not wrap.
+    #[must_use]
+    pub fn sdk_client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub(crate) fn request_error<E, R>(
+        &self,
+        operation: &'static str,
+        key: Option<&str>,
+        counter: &AttemptCounter,
+        error: &SdkError<E, R>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
+        Error::Request {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.map(str::to_owned),
+            source: RequestError::new(error, counter.get()),
+        }
+    }
+
+    /// Lists the whole bucket in one paged `ListObjectsV2` pass (1000 keys a page).
+    pub async fn list(&self) -> Result<Listing, Error> {
+        let mut listing = Listing::default();
+        let mut continuation: Option<String> = None;
+        loop {
+            let counter = AttemptCounter::default();
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .max_keys(1000)
+                .set_continuation_token(continuation.take())
+                .customize()
+                .interceptor(counter.clone())
+                .send()
+                .await
+                .map_err(|e| self.request_error("list objects", None, &counter, &e))?;
+            listing.pages += 1;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let listed = ListedObject {
+                    key: key.to_owned(),
+                    size: object
+                        .size()
+                        .map_or(0, |size| u64::try_from(size).unwrap_or(0)),
+                    storage_class: object
+                        .storage_class()
+                        .map(|class| class.as_str().to_owned()),
+                };
+                match BackupMeta::parse_key(key) {
+                    Ok(meta) => listing.backups.push(ListedBackup {
+                        object: listed,
+                        meta,
+                    }),
+                    Err(_) => listing.foreign.push(listed),
+                }
+            }
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => {
+                    continuation = Some(token.to_owned());
+                }
+                _ => return Ok(listing),
+            }
+        }
+    }
+
+    /// Downloads an object into `writer`, streaming (memory stays at the SDK's buffer size),
+    /// calling `progress` with the bytes written so far. Returns the object's size.
+    pub async fn download(
+        &self,
+        key: &str,
+        writer: &mut (impl AsyncWrite + Unpin),
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, Error> {
+        let counter = AttemptCounter::default();
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_error("download", Some(key), &counter, &e))?;
+        let mut body = response.body;
+        let mut written = 0u64;
+        loop {
+            let chunk = body.try_next().await.map_err(|e| Error::Request {
+                operation: "download",
+                bucket: self.bucket.clone(),
+                key: Some(key.to_owned()),
+                source: RequestError {
+                    message: format!("{}", DisplayErrorContext(e)),
+                    code: None,
+                    attempts: counter.get(),
+                },
+            })?;
+            let Some(chunk) = chunk else { break };
+            writer.write_all(&chunk).await.context(WriteDownloadSnafu {
+                bucket: self.bucket.clone(),
+                key,
+            })?;
+            written += chunk.len() as u64;
+            progress(written);
+        }
+        writer.flush().await.context(WriteDownloadSnafu {
+            bucket: self.bucket.clone(),
+            key,
+        })?;
+        Ok(written)
+    }
+
+    /// Deletes `keys` with `DeleteObjects`, at most 1000 per call, and checks that the server
+    /// confirms every one. Keys it reports as failed, or does not confirm, make the error.
+    pub async fn delete(&self, keys: &[String]) -> Result<(), Error> {
+        let mut failures = Vec::new();
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Settings {
+                    bucket: self.bucket.clone(),
+                    reason: e.to_string(),
+                })?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(false)
+                .build()
+                .map_err(|e| Error::Settings {
+                    bucket: self.bucket.clone(),
+                    reason: e.to_string(),
+                })?;
+            let counter = AttemptCounter::default();
+            let response = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .customize()
+                .interceptor(counter.clone())
+                .send()
+                .await
+                .map_err(|e| self.request_error("delete objects", None, &counter, &e))?;
+            let deleted: std::collections::HashSet<&str> =
+                response.deleted().iter().filter_map(|d| d.key()).collect();
+            let mut reported: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            for error in response.errors() {
+                let key = error.key().unwrap_or("?");
+                reported.insert(key);
+                failures.push((
+                    key.to_owned(),
+                    format!(
+                        "{} ({})",
+                        error.code().unwrap_or("error"),
+                        error.message().unwrap_or("no message")
+                    ),
+                ));
+            }
+            for key in batch {
+                if !deleted.contains(key.as_str()) && !reported.contains(key.as_str()) {
+                    failures.push((key.clone(), "not confirmed by the server".to_owned()));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::DeleteFailed {
+                bucket: self.bucket.clone(),
+                failures,
+            })
+        }
+    }
+}

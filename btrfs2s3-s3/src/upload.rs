@@ -1,0 +1,642 @@
+//! Streaming upload of a stream of unknown length with bounded memory.
+//!
+//! The stream is cut into parts. If it ends within the first part it becomes one `PutObject`
+//! (an empty stream makes an empty object); otherwise a multipart upload whose parts are sent
+//! while the next one is read, at most `parts_in_flight` at a time. Memory is bounded by
+//! `(parts_in_flight + 1) × part size` plus a small constant, and nothing touches the disk.
+//!
+//! An upload is *staged* first: all the bytes are on the server (or in memory, for a small
+//! object) but no object exists under the key yet. Only [`StagedUpload::complete`] makes the
+//! object appear, atomically. The caller completes once it knows the producer of the stream
+//! succeeded (`btrfs send` and every `pipe_through` command exited 0), so a truncated stream
+//! can never become an object that looks like a complete backup. Any error, an explicit
+//! [`StagedUpload::abort`], or dropping the staged upload aborts the multipart upload.
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode, StorageClass,
+};
+use bytes::{Bytes, BytesMut};
+use jiff::Timestamp;
+use snafu::ResultExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinSet;
+
+use crate::remote::{AttemptCounter, Error, ReadStreamSnafu, Remote};
+
+/// S3 allows at most this many parts in a multipart upload.
+const MAX_PARTS: usize = 10_000;
+
+/// S3's largest part.
+const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// An object-lock retention to set on upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Governance (privileged users may lift it) or compliance (nobody may).
+    pub mode: LockMode,
+    /// Until when the object cannot be deleted or overwritten.
+    pub retain_until: Timestamp,
+}
+
+/// The object-lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// `GOVERNANCE`.
+    Governance,
+    /// `COMPLIANCE`.
+    Compliance,
+}
+
+/// An additional checksum the server verifies and stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// CRC-32.
+    Crc32,
+    /// CRC-32C.
+    Crc32c,
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+}
+
+impl Checksum {
+    fn algorithm(self) -> ChecksumAlgorithm {
+        match self {
+            Checksum::Crc32 => ChecksumAlgorithm::Crc32,
+            Checksum::Crc32c => ChecksumAlgorithm::Crc32C,
+            Checksum::Sha1 => ChecksumAlgorithm::Sha1,
+            Checksum::Sha256 => ChecksumAlgorithm::Sha256,
+        }
+    }
+}
+
+/// Per-object options of an upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// The storage class (`STANDARD`, `STANDARD_IA`, `GLACIER_IR`...); the bucket's default
+    /// otherwise.
+    pub storage_class: Option<String>,
+    /// An object-lock retention (the bucket must have object lock enabled).
+    pub object_lock: Option<ObjectLock>,
+    /// An additional checksum. S3 needs one with object lock, so CRC-32 is used then if none
+    /// is given.
+    pub checksum: Option<Checksum>,
+}
+
+impl UploadOptions {
+    fn effective_checksum(&self) -> Option<ChecksumAlgorithm> {
+        self.checksum
+            .or(self.object_lock.map(|_| Checksum::Crc32))
+            .map(Checksum::algorithm)
+    }
+}
+
+/// The size of part `index` (0-based): `base`, doubled every `step` parts, at most 5 GiB.
+/// With the defaults (8 MiB, 1000) 10,000 parts hold 8 TiB.
+#[must_use]
+pub fn part_size(index: usize, base: u64, step: u32) -> u64 {
+    let doublings = u32::try_from(index / step.max(1) as usize).unwrap_or(u32::MAX);
+    base.checked_shl(doublings)
+        .filter(|size| *size <= MAX_PART_SIZE && (size >> doublings) == base)
+        .unwrap_or(MAX_PART_SIZE)
+}
+
+/// An upload whose bytes are all staged, waiting to become an object.
+#[must_use = "a staged upload becomes an object only when completed"]
+#[derive(Debug)]
+pub struct StagedUpload {
+    remote: Remote,
+    key: String,
+    size: u64,
+    options: UploadOptions,
+    staged: Staged,
+}
+
+#[derive(Debug)]
+enum Staged {
+    /// A small object, still in memory.
+    Single(Bytes),
+    /// A multipart upload with all its parts uploaded.
+    Multipart {
+        guard: AbortGuard,
+        parts: Vec<CompletedPart>,
+    },
+}
+
+impl StagedUpload {
+    /// The number of bytes of the stream.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The key the object will have.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Makes the object appear under its key. Returns its size.
+    pub async fn complete(self) -> Result<u64, Error> {
+        let StagedUpload {
+            remote,
+            key,
+            size,
+            options,
+            staged,
+        } = self;
+        match staged {
+            Staged::Single(body) => {
+                let counter = AttemptCounter::default();
+                let mut request = remote
+                    .client
+                    .put_object()
+                    .bucket(&remote.bucket)
+                    .key(&key)
+                    .body(ByteStream::from(body))
+                    .set_storage_class(options.storage_class.as_deref().map(StorageClass::from))
+                    .set_checksum_algorithm(options.effective_checksum());
+                if let Some(lock) = options.object_lock {
+                    request = request
+                        .object_lock_mode(lock_mode(lock.mode))
+                        .object_lock_retain_until_date(date_time(lock.retain_until));
+                }
+                request
+                    .customize()
+                    .interceptor(counter.clone())
+                    .send()
+                    .await
+                    .map_err(|e| remote.request_error("upload", Some(&key), &counter, &e))?;
+            }
+            Staged::Multipart { guard, parts } => {
+                let counter = AttemptCounter::default();
+                let result = remote
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&remote.bucket)
+                    .key(&key)
+                    .upload_id(guard.upload_id())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .customize()
+                    .interceptor(counter.clone())
+                    .send()
+                    .await;
+                if let Err(e) = result {
+                    let error = remote.request_error(
+                        "complete the multipart upload",
+                        Some(&key),
+                        &counter,
+                        &e,
+                    );
+                    // Best effort: the original error is the one to report.
+                    let _ = guard.abort().await;
+                    return Err(error);
+                }
+                guard.disarm();
+            }
+        }
+        if let Some(lock) = options.object_lock {
+            remote.ensure_retention(&key, lock).await?;
+        }
+        Ok(size)
+    }
+
+    /// Discards the staged bytes: aborts the multipart upload.
+    pub async fn abort(self) -> Result<(), Error> {
+        match self.staged {
+            Staged::Single(_) => Ok(()),
+            Staged::Multipart { guard, .. } => guard.abort().await,
+        }
+    }
+}
+
+impl Remote {
+    /// Reads `reader` to its end and stages it for `key`: see the module documentation.
+    /// `progress` is called with the number of bytes read so far.
+    pub async fn stage_upload<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        options: &UploadOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<StagedUpload, Error> {
+        let mut total = 0u64;
+        let staged = |staged: Staged, size: u64| StagedUpload {
+            remote: self.clone(),
+            key: key.to_owned(),
+            size,
+            options: options.clone(),
+            staged,
+        };
+        let first_size = self.part_size(0);
+        let first = self
+            .read_part(key, reader, first_size, &mut total, progress)
+            .await?;
+        if (first.len() as u64) < first_size {
+            return Ok(staged(Staged::Single(first), total));
+        }
+        // The first part is full: the stream may end right here, which only the next read
+        // can tell. Reading the second part before starting a multipart upload keeps a
+        // stream of exactly one part a single PutObject.
+        let second_size = self.part_size(1);
+        let second = self
+            .read_part(key, reader, second_size, &mut total, progress)
+            .await?;
+        if second.is_empty() {
+            return Ok(staged(Staged::Single(first), total));
+        }
+        let guard = self.create_multipart_upload(key, options).await?;
+        match self
+            .upload_parts(
+                key,
+                reader,
+                options,
+                &guard,
+                [first, second],
+                &mut total,
+                progress,
+            )
+            .await
+        {
+            Ok(parts) => Ok(staged(Staged::Multipart { guard, parts }, total)),
+            Err(error) => {
+                // Best effort: the original error is the one to report.
+                let _ = guard.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Uploads a whole stream to `key` at once (stage, then complete). Returns its size.
+    pub async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        options: &UploadOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, Error> {
+        self.stage_upload(key, reader, options, progress)
+            .await?
+            .complete()
+            .await
+    }
+
+    /// Checks that `key` carries the retention `lock`, setting it with `PutObjectRetention`
+    /// when the server ignored it on upload (moto does for multipart uploads). A backup the
+    /// user believes immutable must be immutable: a server that cannot do it is an error.
+    async fn ensure_retention(&self, key: &str, lock: ObjectLock) -> Result<(), Error> {
+        let retained = |head: &aws_sdk_s3::operation::head_object::HeadObjectOutput| {
+            head.object_lock_mode() == Some(&lock_mode(lock.mode))
+                && head
+                    .object_lock_retain_until_date()
+                    .map(aws_sdk_s3::primitives::DateTime::secs)
+                    >= Some(lock.retain_until.as_second())
+        };
+        let head = self.head(key).await?;
+        if retained(&head) {
+            return Ok(());
+        }
+        let counter = AttemptCounter::default();
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(key)
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(match lock.mode {
+                        LockMode::Governance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Governance
+                        }
+                        LockMode::Compliance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
+                        }
+                    })
+                    .retain_until_date(date_time(lock.retain_until))
+                    .build(),
+            )
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                self.request_error("set the object-lock retention", Some(key), &counter, &e)
+            })?;
+        if retained(&self.head(key).await?) {
+            Ok(())
+        } else {
+            Err(Error::Settings {
+                bucket: self.bucket.clone(),
+                reason: format!("the server does not keep the object-lock retention of {key}"),
+            })
+        }
+    }
+
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, Error> {
+        let counter = AttemptCounter::default();
+        self.client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_error("read the metadata", Some(key), &counter, &e))
+    }
+
+    fn part_size(&self, index: usize) -> u64 {
+        part_size(
+            index,
+            self.upload.part_size,
+            self.upload.parts_per_size_step,
+        )
+    }
+
+    /// Reads up to `size` bytes: fewer only at the end of the stream.
+    async fn read_part<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        size: u64,
+        total: &mut u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Bytes, Error> {
+        let capacity = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut buffer = BytesMut::with_capacity(capacity);
+        while buffer.len() < capacity {
+            let remaining = (capacity - buffer.len()) as u64;
+            let read = (&mut *reader)
+                .take(remaining)
+                .read_buf(&mut buffer)
+                .await
+                .context(ReadStreamSnafu {
+                    bucket: self.bucket.clone(),
+                    key,
+                })?;
+            if read == 0 {
+                break;
+            }
+            *total += read as u64;
+            progress(*total);
+        }
+        Ok(buffer.freeze())
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        options: &UploadOptions,
+    ) -> Result<AbortGuard, Error> {
+        let counter = AttemptCounter::default();
+        let mut request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_storage_class(options.storage_class.as_deref().map(StorageClass::from))
+            .set_checksum_algorithm(options.effective_checksum());
+        if let Some(lock) = options.object_lock {
+            request = request
+                .object_lock_mode(lock_mode(lock.mode))
+                .object_lock_retain_until_date(date_time(lock.retain_until));
+        }
+        let output = request
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_error("start a multipart upload", Some(key), &counter, &e))?;
+        let upload_id = output.upload_id().ok_or_else(|| Error::Settings {
+            bucket: self.bucket.clone(),
+            reason: format!("the server started a multipart upload of {key} without an upload id"),
+        })?;
+        Ok(AbortGuard {
+            remote: self.clone(),
+            key: key.to_owned(),
+            upload_id: Some(upload_id.to_owned()),
+        })
+    }
+
+    /// Uploads the two parts already read and the rest of the stream, at most
+    /// `parts_in_flight` at once. Returns the completed parts in order.
+    #[allow(clippy::too_many_arguments)] // private helper; the arguments are the upload's state
+    async fn upload_parts<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        options: &UploadOptions,
+        guard: &AbortGuard,
+        first_parts: [Bytes; 2],
+        total: &mut u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<CompletedPart>, Error> {
+        let mut tasks: JoinSet<Result<CompletedPart, Error>> = JoinSet::new();
+        let mut completed = Vec::new();
+        let mut index = 0usize;
+        let mut at_end = false;
+        let [first, second] = first_parts;
+        let mut next = Some(first);
+        let mut queued = Some(second);
+        loop {
+            let Some(part) = next.take() else { break };
+            // A part shorter than its size is the last one.
+            at_end |= (part.len() as u64) < self.part_size(index);
+            while tasks.len() >= self.upload.parts_in_flight {
+                completed.push(self.join_part(&mut tasks).await?);
+            }
+            let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            tasks.spawn(self.clone().upload_part(
+                key.to_owned(),
+                guard.upload_id().to_owned(),
+                part_number,
+                part,
+                options.effective_checksum(),
+            ));
+            index += 1;
+            next = match queued.take() {
+                Some(part) => Some(part),
+                None if at_end => None,
+                None => {
+                    if index >= MAX_PARTS {
+                        // Is there anything left? A one-byte read tells.
+                        let mut probe = [0u8; 1];
+                        let read = reader.read(&mut probe).await.context(ReadStreamSnafu {
+                            bucket: self.bucket.clone(),
+                            key,
+                        })?;
+                        if read > 0 {
+                            return Err(Error::TooManyParts {
+                                bucket: self.bucket.clone(),
+                                key: key.to_owned(),
+                            });
+                        }
+                        None
+                    } else {
+                        let part = self
+                            .read_part(key, reader, self.part_size(index), total, progress)
+                            .await?;
+                        (!part.is_empty()).then_some(part)
+                    }
+                }
+            };
+        }
+        while !tasks.is_empty() {
+            completed.push(self.join_part(&mut tasks).await?);
+        }
+        completed.sort_by_key(CompletedPart::part_number);
+        Ok(completed)
+    }
+
+    async fn join_part(
+        &self,
+        tasks: &mut JoinSet<Result<CompletedPart, Error>>,
+    ) -> Result<CompletedPart, Error> {
+        match tasks.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(join_error)) if join_error.is_panic() => {
+                std::panic::resume_unwind(join_error.into_panic())
+            }
+            // Tasks are only cancelled when the set is dropped, never while we wait on it.
+            Some(Err(join_error)) => Err(Error::Settings {
+                bucket: self.bucket.clone(),
+                reason: format!("a part upload was cancelled: {join_error}"),
+            }),
+            None => unreachable!("join_part is only called on a non-empty set"),
+        }
+    }
+
+    async fn upload_part(
+        self,
+        key: String,
+        upload_id: String,
+        part_number: i32,
+        body: Bytes,
+        checksum: Option<ChecksumAlgorithm>,
+    ) -> Result<CompletedPart, Error> {
+        let counter = AttemptCounter::default();
+        let output = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .body(ByteStream::from(body))
+            .set_checksum_algorithm(checksum)
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_error("upload a part", Some(&key), &counter, &e))?;
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(output.e_tag().map(str::to_owned))
+            .set_checksum_crc32(output.checksum_crc32().map(str::to_owned))
+            .set_checksum_crc32_c(output.checksum_crc32_c().map(str::to_owned))
+            .set_checksum_sha1(output.checksum_sha1().map(str::to_owned))
+            .set_checksum_sha256(output.checksum_sha256().map(str::to_owned))
+            .build())
+    }
+}
+
+fn lock_mode(mode: LockMode) -> ObjectLockMode {
+    match mode {
+        LockMode::Governance => ObjectLockMode::Governance,
+        LockMode::Compliance => ObjectLockMode::Compliance,
+    }
+}
+
+fn date_time(instant: Timestamp) -> aws_sdk_s3::primitives::DateTime {
+    aws_sdk_s3::primitives::DateTime::from_secs(instant.as_second())
+}
+
+/// Aborts its multipart upload unless disarmed. Dropped without `abort` or `disarm` (the
+/// upload's future was cancelled), it aborts in the background.
+#[derive(Debug)]
+struct AbortGuard {
+    remote: Remote,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl AbortGuard {
+    fn upload_id(&self) -> &str {
+        self.upload_id.as_deref().unwrap_or_default()
+    }
+
+    fn disarm(mut self) {
+        self.upload_id = None;
+    }
+
+    async fn abort(mut self) -> Result<(), Error> {
+        let Some(upload_id) = self.upload_id.take() else {
+            return Ok(());
+        };
+        abort_multipart(&self.remote, &self.key, &upload_id).await
+    }
+}
+
+async fn abort_multipart(remote: &Remote, key: &str, upload_id: &str) -> Result<(), Error> {
+    let counter = AttemptCounter::default();
+    remote
+        .client
+        .abort_multipart_upload()
+        .bucket(&remote.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .customize()
+        .interceptor(counter.clone())
+        .send()
+        .await
+        .map_err(|e| remote.request_error("abort the multipart upload", Some(key), &counter, &e))?;
+    Ok(())
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if let Some(upload_id) = self.upload_id.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let remote = self.remote.clone();
+            let key = self.key.clone();
+            runtime.spawn(async move {
+                let _ = abort_multipart(&remote, &key, &upload_id).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_grow_so_that_5_tib_fits() {
+        let base = 8 << 20;
+        assert_eq!(part_size(0, base, 1000), base);
+        assert_eq!(part_size(999, base, 1000), base);
+        assert_eq!(part_size(1000, base, 1000), 2 * base);
+        assert_eq!(part_size(9999, base, 1000), 512 * base);
+        let capacity: u64 = (0..MAX_PARTS).map(|i| part_size(i, base, 1000)).sum();
+        assert!(capacity >= 5 << 40, "{capacity}");
+        // The smallest allowed base also fits 5 TiB.
+        let capacity: u64 = (0..MAX_PARTS).map(|i| part_size(i, 5 << 20, 1000)).sum();
+        assert!(capacity >= 5 << 40, "{capacity}");
+    }
+
+    #[test]
+    fn part_sizes_stop_at_5_gib() {
+        assert_eq!(part_size(0, 5 << 30, 1), 5 << 30);
+        assert_eq!(part_size(5, 1 << 30, 1), 5 << 30);
+        assert_eq!(part_size(usize::MAX, 8 << 20, 1), 5 << 30);
+    }
+}
