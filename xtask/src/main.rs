@@ -5,6 +5,7 @@
 //! cargo xtask integration   only the tests that need root, btrfs and the S3 servers
 //! cargo xtask demo          a guided run of btrfs2s3 on a throw-away btrfs and S3 server
 //! cargo xtask shell         a shell inside a test environment (for poking around)
+//! cargo xtask bench upload  upload throughput and memory against a plain PutObject
 //! ```
 //!
 //! Everything that can be installed is installed on demand: Debian packages with apt-get,
@@ -12,6 +13,7 @@
 //! outside the repository (`~/.cache/btrfs2s3-xtask`, or `$BTRFS2S3_XTASK_CACHE`) that later
 //! runs reuse.
 
+mod bench;
 mod cmd;
 mod testenv;
 mod tools;
@@ -29,6 +31,7 @@ tasks:
   integration   only the integration tests (real btrfs, moto and Garage)
   demo          a guided tour: a full backup and two differentials on a throw-away setup
   shell         start a shell inside a test environment; BTRFS2S3_TEST_ENV describes it
+  bench upload  stream 1 GiB into Garage vs a plain PutObject of the same bytes
 ";
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Some("integration") => integration(),
         Some("shell") => shell(),
         Some("demo") => demo(),
+        Some("bench") => bench::run(&args[1..]),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

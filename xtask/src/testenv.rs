@@ -43,39 +43,54 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Creates the filesystems and starts the servers, installing what is missing.
+    /// Creates the filesystems and starts the servers, installing what is missing, and
+    /// writes the description the tests read.
     pub fn start() -> Result<TestEnv> {
+        let mut env = TestEnv::empty()?;
+        let btrfs = env.add_btrfs("btrfs")?;
+        let btrfs_receive = env.add_btrfs("receive")?;
+        let moto_tls = env.add_moto_tls()?;
+        let moto = env.add_moto()?;
+        let garage = env.add_garage()?;
+        let description = serde_json::json!({
+            "btrfs": btrfs,
+            "btrfs_receive": btrfs_receive,
+            "s3": [moto.to_json(), garage.to_json()],
+            "s3_tls": moto_tls.to_json(),
+        });
+        std::fs::write(&env.env_file, serde_json::to_vec_pretty(&description)?)?;
+        Ok(env)
+    }
+
+    /// An environment with nothing in it yet but a temporary directory.
+    pub fn empty() -> Result<TestEnv> {
         // Ctrl-C reaches the tests (same process group) and stops them; we must survive it to
         // clean up. A flag handler is reset to the default in child processes on exec.
         let interrupted = Arc::new(AtomicBool::new(false));
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
         }
-        let moto = tools::ensure_moto()?;
-        let garage = tools::ensure_garage()?;
-
         let dir = TempDir::new("btrfs2s3-xtask")?;
-        let mut env = TestEnv {
+        Ok(TestEnv {
             servers: Vec::new(),
             mounts: Vec::new(),
             env_file: dir.path().join("env.json"),
             dir,
             interrupted,
-        };
-        for name in ["btrfs", "receive"] {
-            env.mounts.push(Mount::create(env.dir.path(), name)?);
-        }
-        let moto_tls = env.start_moto_tls(&moto)?;
-        let moto = env.start_moto(&moto)?;
-        let garage = env.start_garage(&garage)?;
-        let description = serde_json::json!({
-            "btrfs": env.mounts[0].mountpoint,
-            "btrfs_receive": env.mounts[1].mountpoint,
-            "s3": [moto, garage],
-            "s3_tls": moto_tls,
-        });
-        std::fs::write(&env.env_file, serde_json::to_vec_pretty(&description)?)?;
-        Ok(env)
+        })
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a mounted btrfs filesystem; returns its mount point.
+    pub fn add_btrfs(&mut self, name: &str) -> Result<PathBuf> {
+        let mount = Mount::create(self.dir.path(), name)?;
+        let mountpoint = mount.mountpoint.clone();
+        self.mounts.push(mount);
+        Ok(mountpoint)
     }
 
     /// Points `command` at this environment.
@@ -138,26 +153,30 @@ impl TestEnv {
         Ok(())
     }
 
-    fn start_moto(&mut self, moto_server: &Path) -> Result<serde_json::Value> {
+    /// Starts moto on a free port.
+    pub fn add_moto(&mut self) -> Result<S3Endpoint> {
+        let moto_server = tools::ensure_moto()?;
         let port = free_port()?;
         self.spawn(
             "moto",
-            Command::new(moto_server).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            Command::new(&moto_server).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
         )?;
         self.wait_for_port(port)?;
-        Ok(serde_json::json!({
-            "name": "moto",
-            "endpoint": format!("http://127.0.0.1:{port}"),
-            "region": "us-east-1",
-            "access_key_id": "moto-test-key",
-            "secret_access_key": "moto-test-secret",
-            "object_lock": true,
-            "storage_classes": true,
-        }))
+        Ok(S3Endpoint {
+            name: "moto",
+            endpoint: format!("http://127.0.0.1:{port}"),
+            region: "us-east-1",
+            access_key_id: "moto-test-key".to_owned(),
+            secret_access_key: "moto-test-secret".to_owned(),
+            object_lock: true,
+            storage_classes: true,
+            ca_bundle: None,
+        })
     }
 
-    /// moto behind HTTPS with a self-signed certificate, for the `verify` settings.
-    fn start_moto_tls(&mut self, moto_server: &Path) -> Result<serde_json::Value> {
+    /// Starts moto behind HTTPS with a certificate of a test CA, for the `verify` settings.
+    pub fn add_moto_tls(&mut self) -> Result<S3Endpoint> {
+        let moto_server = tools::ensure_moto()?;
         // A CA and a server certificate it signed (webpki rejects a self-signed CA
         // certificate used directly by a server).
         let file = |name: &str| self.dir.path().join(name);
@@ -222,7 +241,7 @@ impl TestEnv {
         let port = free_port()?;
         self.spawn(
             "moto-tls",
-            Command::new(moto_server)
+            Command::new(&moto_server)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .arg("-c")
                 .arg(&cert)
@@ -230,19 +249,21 @@ impl TestEnv {
                 .arg(&key),
         )?;
         self.wait_for_port(port)?;
-        Ok(serde_json::json!({
-            "name": "moto-tls",
-            "endpoint": format!("https://127.0.0.1:{port}"),
-            "region": "us-east-1",
-            "access_key_id": "moto-test-key",
-            "secret_access_key": "moto-test-secret",
-            "object_lock": true,
-            "storage_classes": true,
-            "ca_bundle": ca,
-        }))
+        Ok(S3Endpoint {
+            name: "moto-tls",
+            endpoint: format!("https://127.0.0.1:{port}"),
+            region: "us-east-1",
+            access_key_id: "moto-test-key".to_owned(),
+            secret_access_key: "moto-test-secret".to_owned(),
+            object_lock: true,
+            storage_classes: true,
+            ca_bundle: Some(ca),
+        })
     }
 
-    fn start_garage(&mut self, garage: &Path) -> Result<serde_json::Value> {
+    /// Starts a single-node Garage with a key that may create buckets.
+    pub fn add_garage(&mut self) -> Result<S3Endpoint> {
+        let garage = tools::ensure_garage()?;
         let root = self.dir.path().join("garage");
         std::fs::create_dir_all(&root)?;
         let (rpc, s3, admin) = (free_port()?, free_port()?, free_port()?);
@@ -272,7 +293,7 @@ admin_token = "xtask-admin-token"
             ),
         )?;
         let garage_cmd = || {
-            let mut command = Command::new(garage);
+            let mut command = Command::new(&garage);
             command.arg("-c").arg(&config).env("RUST_LOG", "warn");
             command
         };
@@ -286,15 +307,50 @@ admin_token = "xtask-admin-token"
         cmd::output(garage_cmd().args(["key", "import", "--yes", "-n", "xtask", key_id, &secret]))?;
         cmd::output(garage_cmd().args(["key", "allow", "--create-bucket", key_id]))?;
         self.wait_for_port(s3)?;
-        Ok(serde_json::json!({
-            "name": "garage",
-            "endpoint": format!("http://127.0.0.1:{s3}"),
-            "region": "garage",
-            "access_key_id": key_id,
-            "secret_access_key": secret,
-            "object_lock": false,
-            "storage_classes": false,
-        }))
+        Ok(S3Endpoint {
+            name: "garage",
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            region: "garage",
+            access_key_id: key_id.to_owned(),
+            secret_access_key: secret,
+            object_lock: false,
+            storage_classes: false,
+            ca_bundle: None,
+        })
+    }
+}
+
+/// An S3 server of the environment, as the tests see it.
+pub struct S3Endpoint {
+    pub name: &'static str,
+    pub endpoint: String,
+    pub region: &'static str,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub object_lock: bool,
+    pub storage_classes: bool,
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl S3Endpoint {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "region": self.region,
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "object_lock": self.object_lock,
+            "storage_classes": self.storage_classes,
+            "ca_bundle": self.ca_bundle,
+        })
+    }
+
+    /// Sets the credentials of this server in a command's environment.
+    pub fn credentials<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        command
+            .env("AWS_ACCESS_KEY_ID", &self.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_access_key)
     }
 }
 
