@@ -59,7 +59,13 @@ fn peak_rss() -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kib| kib * 1024)
 }
 
@@ -73,7 +79,12 @@ async fn run(args: Args) -> Result<(u64, f64), Box<dyn std::error::Error>> {
     };
     let remote = Remote::connect(&config).await?;
     if args.create_bucket {
-        remote.sdk_client().create_bucket().bucket(&args.bucket).send().await?;
+        remote
+            .sdk_client()
+            .create_bucket()
+            .bucket(&args.bucket)
+            .send()
+            .await?;
     }
     let started = Instant::now();
     let bytes = if let Some(path) = args.put_file {

@@ -19,7 +19,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut runs = 3usize;
     let mut options = options.iter();
     while let Some(option) = options.next() {
-        let mut value = || options.next().ok_or_else(|| format!("{option} needs a value\n{USAGE}"));
+        let mut value = || {
+            options
+                .next()
+                .ok_or_else(|| format!("{option} needs a value\n{USAGE}"))
+        };
         match option.as_str() {
             "--size-mib" => size_mib = value()?.parse()?,
             "--runs" => runs = value()?.parse()?,
@@ -60,7 +64,14 @@ fn spread(values: &[f64]) -> (f64, f64) {
 /// path (from a pipe, length unknown), and the same bytes as one plain `PutObject` from a
 /// file: throughput and peak RSS of each, and their ratio.
 fn upload(size_mib: u64, runs: usize) -> Result<()> {
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "btrfs2s3-s3", "--example", "upload"]))?;
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "btrfs2s3-s3",
+        "--example",
+        "upload",
+    ]))?;
     let uploader = cmd::workspace_root().join("target/release/examples/upload");
     let mut env = TestEnv::empty()?;
     let garage = env.add_garage()?;
@@ -71,13 +82,21 @@ fn upload(size_mib: u64, runs: usize) -> Result<()> {
     let mut plain = Vec::new();
     for run in 0..runs {
         // Alternate the order so that neither side always runs on a warmer cache.
-        let order = if run % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if run % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for stream in order {
             let bucket = format!("bench-{}-{run}", if stream { "stream" } else { "plain" });
             let measurement = measure_upload(&uploader, &garage, &bucket, &data, stream)?;
             eprintln!(
                 "xtask: run {run} {}: {:.1} MiB/s, peak RSS {:.1} MiB",
-                if stream { "streamed" } else { "plain PutObject" },
+                if stream {
+                    "streamed"
+                } else {
+                    "plain PutObject"
+                },
                 measurement.throughput() / f64::from(1 << 20),
                 measurement.peak_rss_bytes as f64 / f64::from(1 << 20),
             );
@@ -86,14 +105,27 @@ fn upload(size_mib: u64, runs: usize) -> Result<()> {
     }
 
     let mib = f64::from(1 << 20);
-    let throughputs = |ms: &[Measurement]| ms.iter().map(|m| m.throughput() / mib).collect::<Vec<_>>();
-    let rss = |ms: &[Measurement]| ms.iter().map(|m| m.peak_rss_bytes as f64 / mib).collect::<Vec<_>>();
+    let throughputs =
+        |ms: &[Measurement]| ms.iter().map(|m| m.throughput() / mib).collect::<Vec<_>>();
+    let rss = |ms: &[Measurement]| {
+        ms.iter()
+            .map(|m| m.peak_rss_bytes as f64 / mib)
+            .collect::<Vec<_>>()
+    };
     let (stream_tp, plain_tp) = (throughputs(&streamed), throughputs(&plain));
     let (stream_rss, plain_rss) = (rss(&streamed), rss(&plain));
     let ratio = median(stream_tp.clone()) / median(plain_tp.clone());
-    println!("upload of {size_mib} MiB of incompressible data into Garage, {runs} runs (median [min, max])");
-    println!("{:<28} {:>22} {:>22}", "", "throughput MiB/s", "peak RSS MiB");
-    for (name, tp, rss) in [("streamed (btrfs2s3 upload)", &stream_tp, &stream_rss), ("plain PutObject of a file", &plain_tp, &plain_rss)] {
+    println!(
+        "upload of {size_mib} MiB of incompressible data into Garage, {runs} runs (median [min, max])"
+    );
+    println!(
+        "{:<28} {:>22} {:>22}",
+        "", "throughput MiB/s", "peak RSS MiB"
+    );
+    for (name, tp, rss) in [
+        ("streamed (btrfs2s3 upload)", &stream_tp, &stream_rss),
+        ("plain PutObject of a file", &plain_tp, &plain_rss),
+    ] {
         let (tp_min, tp_max) = spread(tp);
         let (rss_min, rss_max) = spread(rss);
         println!(
@@ -144,14 +176,24 @@ fn measure_upload(
     let mut command = Command::new(uploader);
     server.credentials(&mut command);
     command
-        .args(["--endpoint", &server.endpoint, "--region", server.region, "--bucket", bucket])
+        .args([
+            "--endpoint",
+            &server.endpoint,
+            "--region",
+            server.region,
+            "--bucket",
+            bucket,
+        ])
         .args(["--key", "object", "--create-bucket"])
         .stdout(Stdio::piped());
     // The product reads `btrfs send | pipe_through` from a pipe, so the streamed side reads
     // from `cat` through a pipe too.
     let mut feeder = None;
     if stream {
-        let mut cat = Command::new("cat").arg(data).stdout(Stdio::piped()).spawn()?;
+        let mut cat = Command::new("cat")
+            .arg(data)
+            .stdout(Stdio::piped())
+            .spawn()?;
         command.stdin(cat.stdout.take().ok_or("cat has no stdout")?);
         feeder = Some(cat);
     } else {
@@ -165,7 +207,11 @@ fn measure_upload(
         return Err(format!("{} failed: {}", cmd::display(&command), output.status).into());
     }
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let field = |name: &str| report[name].as_f64().ok_or(format!("no {name} in {report}"));
+    let field = |name: &str| {
+        report[name]
+            .as_f64()
+            .ok_or(format!("no {name} in {report}"))
+    };
     Ok(Measurement {
         bytes: field("bytes")? as u64,
         seconds: field("seconds")?,

@@ -13,6 +13,8 @@
 //! outside the repository (`~/.cache/btrfs2s3-xtask`, or `$BTRFS2S3_XTASK_CACHE`) that later
 //! runs reuse.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod cmd;
 mod testenv;

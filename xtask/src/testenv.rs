@@ -16,8 +16,16 @@ use crate::{Result, cmd, tools};
 /// The variable that names the environment file; tests skip themselves without it.
 pub const ENV_VAR: &str = "BTRFS2S3_TEST_ENV";
 
-/// Size of each sparse btrfs image.
-const IMAGE_BYTES: u64 = 2 << 30;
+/// Size of each sparse btrfs image: 2 GiB, or `BTRFS2S3_XTASK_IMAGE_GIB`.
+fn image_bytes() -> Result<u64> {
+    match std::env::var("BTRFS2S3_XTASK_IMAGE_GIB") {
+        Ok(gib) => Ok(gib
+            .parse::<u64>()
+            .map_err(|e| format!("BTRFS2S3_XTASK_IMAGE_GIB={gib}: {e}"))?
+            << 30),
+        Err(_) => Ok(2 << 30),
+    }
+}
 
 /// Integration tests need root for loop devices and mounts.
 pub fn require_root(task: &str) -> Result<()> {
@@ -390,7 +398,7 @@ impl Mount {
             mountpoint: dir.join(name),
             mounted: false,
         };
-        File::create(&mount.image)?.set_len(IMAGE_BYTES)?;
+        File::create(&mount.image)?.set_len(image_bytes()?)?;
         cmd::output(Command::new("mkfs.btrfs").arg("-q").arg(&mount.image))?;
         let device = cmd::output(
             Command::new("losetup")
@@ -443,7 +451,10 @@ impl TempDir {
     fn new(prefix: &str) -> Result<TempDir> {
         let path =
             cmd::output(Command::new("mktemp").args(["-d", "-t", &format!("{prefix}.XXXXXX")]))?;
-        Ok(TempDir(PathBuf::from(path.trim())))
+        let path = PathBuf::from(path.trim());
+        // Tests run some commands as an unprivileged user, who must reach the mounts inside.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(TempDir(path))
     }
 
     fn path(&self) -> &Path {
