@@ -1,0 +1,839 @@
+//! The configuration file: the Python tool's YAML format, unchanged, plus optional keys of our
+//! own. Loading validates everything that can be validated without touching the system, and
+//! every error names the file, the line and column, and the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use btrfs2s3_policy::Params;
+use btrfs2s3_s3::{RemoteConfig, Secret, UploadSettings, Verify};
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// The IANA name of the time zone policies are evaluated in.
+    pub timezone_name: String,
+    /// That time zone.
+    pub timezone: TimeZone,
+    /// The subvolumes to back up.
+    pub sources: Vec<SourceConfig>,
+    /// The buckets, by id, in file order.
+    pub remotes: Vec<Remote>,
+    /// Warnings that do not stop the run (a world-readable file holding secrets).
+    pub warnings: Vec<String>,
+}
+
+/// One source: a subvolume, where its snapshots live, and where its backups go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// The subvolume.
+    pub path: PathBuf,
+    /// The directory of its snapshots, on the same filesystem.
+    pub snapshots: PathBuf,
+    /// The remotes it is backed up to.
+    pub upload_to_remotes: Vec<UploadConfig>,
+}
+
+/// How one source is backed up to one remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// The remote's id.
+    pub remote_id: String,
+    /// The preservation policy.
+    pub preserve: Params,
+    /// Commands the send stream is piped through, in order (run without a shell).
+    pub pipe_through: Vec<Vec<String>>,
+}
+
+/// A remote: an id and how to reach its bucket.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The id sources refer to.
+    pub id: String,
+    /// The bucket and connection settings.
+    pub s3: RemoteConfig,
+}
+
+impl Config {
+    /// The remote with this id.
+    #[must_use]
+    pub fn remote(&self, id: &str) -> Option<&Remote> {
+        self.remotes.iter().find(|remote| remote.id == id)
+    }
+}
+
+/// A configuration that cannot be used: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The 1-based line and column, when the problem has a place.
+    pub position: Option<(u64, u64)>,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(
+                f,
+                "invalid config {}:{line}:{column}: {}",
+                self.path.display(),
+                self.message
+            ),
+            None => write!(
+                f,
+                "invalid config {}: {}",
+                self.path.display(),
+                self.message
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Largest config file we read: configs are small, and this bounds memory on garbage input.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    timezone: Spanned<String>,
+    sources: Spanned<Vec<RawSource>>,
+    remotes: Spanned<Vec<RawRemote>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    path: Spanned<String>,
+    snapshots: Spanned<String>,
+    upload_to_remotes: Spanned<Vec<RawUpload>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpload {
+    id: Spanned<String>,
+    preserve: Spanned<String>,
+    #[serde(default)]
+    pipe_through: Option<Vec<Spanned<Vec<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    id: Spanned<String>,
+    s3: RawS3,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: Spanned<String>,
+    #[serde(default)]
+    endpoint: Option<RawEndpoint>,
+    // Our own optional keys.
+    #[serde(default)]
+    part_size_mib: Option<Spanned<u64>>,
+    #[serde(default)]
+    parts_in_flight: Option<Spanned<usize>>,
+    #[serde(default)]
+    max_attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    timeout_seconds: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    #[serde(default)]
+    aws_access_key_id: Option<Spanned<String>>,
+    #[serde(default)]
+    aws_secret_access_key: Option<Spanned<String>>,
+    #[serde(default)]
+    region_name: Option<String>,
+    #[serde(default)]
+    profile_name: Option<String>,
+    #[serde(default)]
+    verify: Option<Spanned<RawVerify>>,
+    #[serde(default)]
+    endpoint_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawVerify {
+    Bool(bool),
+    Path(String),
+}
+
+/// Loads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let error = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message,
+    };
+    let metadata =
+        std::fs::metadata(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
+    if !metadata.is_file() {
+        return Err(error("not a regular file".to_owned()));
+    }
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(error(format!(
+            "the file is {} bytes long; a config is at most {MAX_CONFIG_BYTES}",
+            metadata.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..offset];
+        let lines: Vec<&[u8]> = before.split(|b| *b == b'\n').collect();
+        let line = lines.len() as u64;
+        let column = lines.last().map_or(0, |last| last.len()) as u64 + 1;
+        ConfigError {
+            path: path.to_path_buf(),
+            position: Some((line, column)),
+            message: "the file is not valid UTF-8".to_owned(),
+        }
+    })?;
+    let mut config = parse(path, &text)?;
+    if has_secrets(&config) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode();
+        if mode & 0o044 != 0 {
+            config.warnings.push(format!(
+                "{} holds secret keys and other users can read it (mode {:o}); consider `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+    }
+    Ok(config)
+}
+
+fn has_secrets(config: &Config) -> bool {
+    config
+        .remotes
+        .iter()
+        .any(|remote| remote.s3.secret_access_key.is_some())
+}
+
+/// Parses and validates config text; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let at = |location: &serde_saphyr::Location, message: String| ConfigError {
+        path: path.to_path_buf(),
+        position: Some((location.line(), location.column())),
+        message,
+    };
+    let mut options = serde_saphyr::options::Options::default();
+    options.with_snippet = false;
+    let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let position = e.location().map(|l| (l.line(), l.column()));
+        let mut message = e.to_string();
+        if let Some((line, column)) = position {
+            let suffix = format!(" at line {line}, column {column}");
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_owned();
+            }
+        }
+        if message == "unexpected end of input" && text.trim().is_empty() {
+            "the file is empty; it needs timezone, sources and remotes".clone_into(&mut message);
+        }
+        ConfigError {
+            path: path.to_path_buf(),
+            position,
+            message,
+        }
+    })?;
+
+    let timezone_name = raw.timezone.value.clone();
+    let timezone = TimeZone::get(&timezone_name).map_err(|_| {
+        at(
+            &raw.timezone.referenced,
+            format!("timezone: unknown time zone {timezone_name:?} (expected an IANA name like \"Europe/Berlin\")"),
+        )
+    })?;
+
+    let (remotes, remote_ids) = parse_remotes(raw.remotes, &at)?;
+    let sources = parse_sources(raw.sources, &remote_ids, &at)?;
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        timezone_name,
+        timezone,
+        sources,
+        remotes,
+        warnings: Vec::new(),
+    })
+}
+
+/// Where each remote id is defined: id → line.
+type RemoteIds = BTreeMap<String, u64>;
+
+fn parse_remotes(
+    raw_remotes: Spanned<Vec<RawRemote>>,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<(Vec<Remote>, RemoteIds), ConfigError> {
+    if raw_remotes.value.is_empty() {
+        return Err(at(
+            &raw_remotes.referenced,
+            "remotes: the list is empty; at least one remote is needed".to_owned(),
+        ));
+    }
+    let mut remotes = Vec::new();
+    let mut remote_ids = BTreeMap::new();
+    for raw_remote in raw_remotes.value {
+        let id = raw_remote.id.value.clone();
+        if id.is_empty() {
+            return Err(at(
+                &raw_remote.id.referenced,
+                "remotes: id: must not be empty".to_owned(),
+            ));
+        }
+        if let Some(first_line) = remote_ids.insert(id.clone(), raw_remote.id.referenced.line()) {
+            return Err(at(
+                &raw_remote.id.referenced,
+                format!("remotes: id: {id:?} is already the id of the remote on line {first_line}"),
+            ));
+        }
+        remotes.push(Remote {
+            id,
+            s3: remote_config(raw_remote.s3, at)?,
+        });
+    }
+
+    Ok((remotes, remote_ids))
+}
+
+fn parse_sources(
+    raw_sources: Spanned<Vec<RawSource>>,
+    remote_ids: &RemoteIds,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<Vec<SourceConfig>, ConfigError> {
+    if raw_sources.value.is_empty() {
+        return Err(at(
+            &raw_sources.referenced,
+            "sources: the list is empty; at least one source is needed".to_owned(),
+        ));
+    }
+    let mut sources = Vec::new();
+    let mut source_paths = BTreeMap::new();
+    for raw_source in raw_sources.value {
+        let source_path = PathBuf::from(&raw_source.path.value);
+        if raw_source.path.value.is_empty() {
+            return Err(at(
+                &raw_source.path.referenced,
+                "sources: path: must not be empty".to_owned(),
+            ));
+        }
+        if raw_source.snapshots.value.is_empty() {
+            return Err(at(
+                &raw_source.snapshots.referenced,
+                "sources: snapshots: must not be empty".to_owned(),
+            ));
+        }
+        let normalized: PathBuf = source_path.components().collect();
+        if let Some(first_line) = source_paths.insert(normalized, raw_source.path.referenced.line())
+        {
+            return Err(at(
+                &raw_source.path.referenced,
+                format!(
+                    "sources: path: {} is already the source on line {first_line}",
+                    source_path.display()
+                ),
+            ));
+        }
+        if raw_source.upload_to_remotes.value.is_empty() {
+            return Err(at(
+                &raw_source.upload_to_remotes.referenced,
+                format!(
+                    "sources: upload_to_remotes: the list for {} is empty",
+                    source_path.display()
+                ),
+            ));
+        }
+        let mut uploads = Vec::new();
+        let mut seen = BTreeSet::new();
+        for raw_upload in raw_source.upload_to_remotes.value {
+            let id = raw_upload.id.value.clone();
+            if !remote_ids.contains_key(&id) {
+                let known: Vec<&str> = remote_ids.keys().map(String::as_str).collect();
+                return Err(at(
+                    &raw_upload.id.referenced,
+                    format!(
+                        "upload_to_remotes: id: remote {id:?} for source {} is not defined in remotes (defined: {})",
+                        source_path.display(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(at(
+                    &raw_upload.id.referenced,
+                    format!(
+                        "upload_to_remotes: id: remote {id:?} is listed twice for source {}",
+                        source_path.display()
+                    ),
+                ));
+            }
+            let preserve: Params = raw_upload
+                .preserve
+                .value
+                .parse()
+                .map_err(|e| at(&raw_upload.preserve.referenced, format!("preserve: {e}")))?;
+            let mut pipe_through = Vec::new();
+            for command in raw_upload.pipe_through.unwrap_or_default() {
+                if command.value.first().is_none_or(String::is_empty) {
+                    return Err(at(
+                        &command.referenced,
+                        "pipe_through: a command must be a non-empty list whose first item names a program"
+                            .to_owned(),
+                    ));
+                }
+                pipe_through.push(command.value);
+            }
+            uploads.push(UploadConfig {
+                remote_id: id,
+                preserve,
+                pipe_through,
+            });
+        }
+        sources.push(SourceConfig {
+            path: source_path,
+            snapshots: PathBuf::from(raw_source.snapshots.value),
+            upload_to_remotes: uploads,
+        });
+    }
+
+    Ok(sources)
+}
+
+fn remote_config(
+    raw: RawS3,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<RemoteConfig, ConfigError> {
+    if raw.bucket.value.is_empty() {
+        return Err(at(
+            &raw.bucket.referenced,
+            "s3: bucket: must not be empty".to_owned(),
+        ));
+    }
+    let mut config = RemoteConfig::new(raw.bucket.value);
+    if let Some(endpoint) = raw.endpoint {
+        match (&endpoint.aws_access_key_id, &endpoint.aws_secret_access_key) {
+            (Some(given), None) | (None, Some(given)) => {
+                return Err(at(
+                    &given.referenced,
+                    "endpoint: aws_access_key_id and aws_secret_access_key must be given together"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        config.access_key_id = endpoint.aws_access_key_id.map(|id| id.value);
+        config.secret_access_key = endpoint.aws_secret_access_key.map(|s| Secret::new(s.value));
+        config.region = endpoint.region_name;
+        config.profile = endpoint.profile_name;
+        config.endpoint_url = endpoint.endpoint_url;
+        if let Some(verify) = endpoint.verify {
+            config.verify = match verify.value {
+                RawVerify::Bool(true) => Verify::System,
+                RawVerify::Bool(false) => Verify::Off,
+                RawVerify::Path(path) if path.is_empty() => {
+                    return Err(at(
+                        &verify.referenced,
+                        "endpoint: verify: expected true, false or the path of a CA bundle"
+                            .to_owned(),
+                    ));
+                }
+                RawVerify::Path(path) => Verify::CaBundle(PathBuf::from(path)),
+            };
+        }
+    }
+    let mut upload = UploadSettings::default();
+    if let Some(part_size) = raw.part_size_mib {
+        if !(5..=5120).contains(&part_size.value) {
+            return Err(at(
+                &part_size.referenced,
+                "s3: part_size_mib: must be between 5 and 5120".to_owned(),
+            ));
+        }
+        upload.part_size = part_size.value << 20;
+    }
+    if let Some(parts) = raw.parts_in_flight {
+        if !(1..=64).contains(&parts.value) {
+            return Err(at(
+                &parts.referenced,
+                "s3: parts_in_flight: must be between 1 and 64".to_owned(),
+            ));
+        }
+        upload.parts_in_flight = parts.value;
+    }
+    config.upload = upload;
+    if let Some(attempts) = raw.max_attempts {
+        if !(1..=100).contains(&attempts.value) {
+            return Err(at(
+                &attempts.referenced,
+                "s3: max_attempts: must be between 1 and 100".to_owned(),
+            ));
+        }
+        config.max_attempts = attempts.value;
+    }
+    if let Some(timeout) = raw.timeout_seconds {
+        if timeout.value == 0 {
+            return Err(at(
+                &timeout.referenced,
+                "s3: timeout_seconds: must be at least 1".to_owned(),
+            ));
+        }
+        config.read_timeout = Duration::from_secs(timeout.value);
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete config in the Python tool's format, every key used.
+    const PYTHON_CONFIG: &str = r"timezone: America/Los_Angeles
+sources:
+  - path: /mnt/pool/home
+    snapshots: /mnt/pool/.snapshots
+    upload_to_remotes:
+      - id: aws
+        preserve: 1y 3m 30d 24h
+        pipe_through:
+          - [zstd, -T0]
+          - [age, -r, age1xyz]
+  - path: /mnt/pool/media/
+    snapshots: /mnt/pool/.snapshots
+    upload_to_remotes:
+      - id: aws
+        preserve: 1y
+      - id: local
+        preserve: 7d
+remotes:
+  - id: aws
+    s3:
+      bucket: my-bucket
+      endpoint:
+        profile_name: backup
+        region_name: us-west-2
+        aws_access_key_id: AKIAEXAMPLE
+        aws_secret_access_key: very-secret
+        endpoint_url: https://s3.us-west-2.amazonaws.com
+        verify: false
+  - id: local
+    s3:
+      bucket: local-bucket
+      endpoint:
+        endpoint_url: https://minio.lan:9000
+        verify: /etc/ssl/minio-ca.pem
+";
+
+    #[test]
+    fn python_tool_config_is_accepted_unchanged() {
+        let config = parse(Path::new("c.yaml"), PYTHON_CONFIG).unwrap();
+        assert_eq!(config.timezone_name, "America/Los_Angeles");
+        assert_eq!(config.sources.len(), 2);
+        let home = &config.sources[0];
+        assert_eq!(home.path, Path::new("/mnt/pool/home"));
+        assert_eq!(
+            home.upload_to_remotes[0].preserve.to_string(),
+            "1y 3m 30d 24h"
+        );
+        assert_eq!(
+            home.upload_to_remotes[0].pipe_through,
+            [vec!["zstd", "-T0"], vec!["age", "-r", "age1xyz"]]
+        );
+        let aws = &config.remote("aws").unwrap().s3;
+        assert_eq!(aws.bucket, "my-bucket");
+        assert_eq!(aws.profile.as_deref(), Some("backup"));
+        assert_eq!(aws.region.as_deref(), Some("us-west-2"));
+        assert_eq!(aws.access_key_id.as_deref(), Some("AKIAEXAMPLE"));
+        assert_eq!(
+            aws.secret_access_key.as_ref().map(Secret::expose),
+            Some("very-secret")
+        );
+        assert_eq!(aws.verify, Verify::Off);
+        let local = &config.remote("local").unwrap().s3;
+        assert_eq!(
+            local.verify,
+            Verify::CaBundle("/etc/ssl/minio-ca.pem".into())
+        );
+        assert_eq!(local.access_key_id, None);
+        // The secret never shows in debug output.
+        assert!(!format!("{config:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn our_own_keys_are_optional_and_checked() {
+        let config = parse(Path::new("c.yaml"), &PYTHON_CONFIG.replace(
+            "      bucket: local-bucket\n",
+            "      bucket: local-bucket\n      part_size_mib: 16\n      parts_in_flight: 2\n      max_attempts: 3\n      timeout_seconds: 30\n",
+        ))
+        .unwrap();
+        let local = &config.remote("local").unwrap().s3;
+        assert_eq!(local.upload.part_size, 16 << 20);
+        assert_eq!(local.upload.parts_in_flight, 2);
+        assert_eq!(local.max_attempts, 3);
+        assert_eq!(local.read_timeout, Duration::from_secs(30));
+    }
+
+    /// `PYTHON_CONFIG` with `from` replaced by `to` must fail at `line:column` with a message
+    /// containing `fragment`.
+    fn check_error(from: &str, to: &str, position: Option<(u64, u64)>, fragment: &str) {
+        assert!(
+            PYTHON_CONFIG.contains(from),
+            "{from:?} is not in the config"
+        );
+        let text = PYTHON_CONFIG.replacen(from, to, 1);
+        let error = parse(Path::new("c.yaml"), &text).expect_err(fragment);
+        assert!(
+            error.message.contains(fragment),
+            "{from:?} -> {to:?}: {error}"
+        );
+        assert_eq!(error.position, position, "{from:?} -> {to:?}: {error}");
+        assert!(
+            error.to_string().starts_with("invalid config c.yaml"),
+            "{error}"
+        );
+    }
+
+    /// (replace this, with this, expected position, expected message fragment).
+    type Case = (&'static str, &'static str, Option<(u64, u64)>, &'static str);
+
+    #[test]
+    #[allow(clippy::too_many_lines)] // a table of cases
+    fn bad_configs_say_where_and_what() {
+        let cases: &[Case] = &[
+            (
+                "timezone: America/Los_Angeles",
+                "timezone: Mars/Olympus",
+                Some((1, 11)),
+                "unknown time zone \"Mars/Olympus\"",
+            ),
+            (
+                "timezone: America/Los_Angeles\n",
+                "",
+                Some((17, 1)),
+                "missing field `timezone`",
+            ),
+            (
+                "timezone: America/Los_Angeles",
+                "timezone: [UTC]",
+                Some((1, 11)),
+                "expected string",
+            ),
+            (
+                "timezone: America/Los_Angeles",
+                "timezone: UTC\ncolour: blue",
+                Some((2, 1)),
+                "unknown field `colour`",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h",
+                "        preserve: 1m 1y",
+                Some((7, 19)),
+                "preserve: \"1y\" must come before \"1m\"",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h",
+                "        preserve: 3x",
+                Some((7, 19)),
+                "unknown unit \"x\"",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h",
+                "        preserve: ''",
+                Some((7, 19)),
+                "empty preservation policy",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h",
+                "        preserve: 99999999999d",
+                Some((7, 19)),
+                "too large",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "",
+                Some((7, 9)),
+                "missing field `preserve`",
+            ),
+            (
+                "          - [zstd, -T0]",
+                "          - []",
+                Some((9, 13)),
+                "a command must be a non-empty list",
+            ),
+            (
+                "          - [zstd, -T0]",
+                "          - ['', -T0]",
+                Some((9, 13)),
+                "a command must be a non-empty list",
+            ),
+            (
+                "          - [zstd, -T0]",
+                "          - zstd -T0",
+                Some((9, 13)),
+                "expected sequence",
+            ),
+            (
+                "      - id: local",
+                "      - id: nowhere",
+                Some((16, 13)),
+                "remote \"nowhere\" for source /mnt/pool/media/ is not defined",
+            ),
+            (
+                "      - id: local",
+                "      - id: aws",
+                Some((16, 13)),
+                "remote \"aws\" is listed twice for source /mnt/pool/media/",
+            ),
+            (
+                "\n  - id: local",
+                "\n  - id: aws",
+                Some((29, 9)),
+                "\"aws\" is already the id of the remote on line 19",
+            ),
+            (
+                "  - path: /mnt/pool/media/",
+                "  - path: /mnt/pool/home/",
+                Some((11, 11)),
+                "/mnt/pool/home/ is already the source on line 3",
+            ),
+            (
+                "  - path: /mnt/pool/media/",
+                "  - path: ''",
+                Some((11, 11)),
+                "path: must not be empty",
+            ),
+            (
+                "    upload_to_remotes:\n      - id: aws\n        preserve: 1y\n      - id: local\n        preserve: 7d\n",
+                "    upload_to_remotes: []\n",
+                Some((13, 24)),
+                "upload_to_remotes: the list for /mnt/pool/media/ is empty",
+            ),
+            (
+                "      bucket: my-bucket",
+                "      bucket: ''",
+                Some((21, 15)),
+                "bucket: must not be empty",
+            ),
+            (
+                "      bucket: my-bucket",
+                "      bukket: my-bucket",
+                Some((21, 7)),
+                "unknown field `bukket`",
+            ),
+            (
+                "        verify: false",
+                "        verify: 3",
+                Some((28, 17)),
+                "did not match any variant",
+            ),
+            (
+                "        aws_access_key_id: AKIAEXAMPLE\n",
+                "",
+                Some((25, 32)),
+                "must be given together",
+            ),
+            (
+                "      bucket: local-bucket",
+                "      bucket: local-bucket\n      part_size_mib: 1",
+                Some((32, 22)),
+                "part_size_mib: must be between 5 and 5120",
+            ),
+            (
+                "      bucket: local-bucket",
+                "      bucket: local-bucket\n      parts_in_flight: 0",
+                Some((32, 24)),
+                "parts_in_flight: must be between 1 and 64",
+            ),
+            (
+                "    snapshots: /mnt/pool/.snapshots\n    upload_to_remotes:\n      - id: aws\n        preserve: 1y 3m",
+                "    upload_to_remotes:\n      - id: aws\n        preserve: 1y 3m",
+                Some((4, 5)),
+                "missing field `snapshots`",
+            ),
+            ("sources:", "sources: [", None, "bracket"),
+        ];
+        for (from, to, position, fragment) in cases {
+            if fragment == &"bracket" {
+                let text = PYTHON_CONFIG.replacen(from, to, 1);
+                let error = parse(Path::new("c.yaml"), &text).unwrap_err();
+                assert!(
+                    error.position.is_some(),
+                    "syntax errors have a position: {error}"
+                );
+                continue;
+            }
+            check_error(from, to, *position, fragment);
+        }
+    }
+
+    #[test]
+    fn empty_lists_and_files_are_errors() {
+        let error = parse(Path::new("c.yaml"), "").unwrap_err();
+        assert!(error.message.contains("the file is empty"), "{error}");
+        let error = parse(
+            Path::new("c.yaml"),
+            "timezone: UTC\nsources: []\nremotes: []\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.message.contains("remotes: the list is empty"),
+            "{error}"
+        );
+        let text = "timezone: UTC\nsources: []\nremotes:\n  - id: a\n    s3:\n      bucket: b\n";
+        let error = parse(Path::new("c.yaml"), text).unwrap_err();
+        assert!(
+            error.message.contains("sources: the list is empty"),
+            "{error}"
+        );
+        assert_eq!(error.position, Some((2, 10)));
+    }
+
+    #[test]
+    fn load_checks_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("btrfs2s3-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = load(&dir.join("missing.yaml")).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("missing.yaml: cannot read the file"),
+            "{missing}"
+        );
+        let not_utf8 = dir.join("latin1.yaml");
+        std::fs::write(&not_utf8, b"timezone: UTC\n# caf\xe9\n").unwrap();
+        let error = load(&not_utf8).unwrap_err();
+        assert_eq!(error.position, Some((2, 6)));
+        assert!(error.message.contains("not valid UTF-8"));
+        let world_readable = dir.join("secrets.yaml");
+        std::fs::write(&world_readable, PYTHON_CONFIG).unwrap();
+        std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = load(&world_readable).unwrap();
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("chmod 600"));
+        std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load(&world_readable).unwrap().warnings.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
