@@ -1,0 +1,95 @@
+//! Progress of execution: a progress bar per upload on a terminal; without one, a log line
+//! when each action starts and ends, and one per GiB uploaded.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use btrfs2s3_core::execute::{ActionResult, Observer};
+use btrfs2s3_core::plan::Action;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output::{bytes, describe_action, describe_result};
+
+const GIB: u64 = 1 << 30;
+
+/// The observer of an `update` run.
+pub struct Progress {
+    bar: Mutex<Option<ProgressBar>>,
+    terminal: bool,
+    started: Mutex<Option<Instant>>,
+    logged_gib: AtomicU64,
+}
+
+impl Progress {
+    /// A progress display; bars only when `terminal`.
+    #[must_use]
+    pub fn new(terminal: bool) -> Progress {
+        Progress {
+            bar: Mutex::new(None),
+            terminal,
+            started: Mutex::new(None),
+            logged_gib: AtomicU64::new(0),
+        }
+    }
+
+    /// Clears any bar left.
+    pub fn finish(&self) {
+        if let Some(bar) = self.bar.lock().ok().and_then(|mut bar| bar.take()) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn started(&self, action: &Action) {
+        if let Ok(mut started) = self.started.lock() {
+            *started = Some(Instant::now());
+        }
+        self.logged_gib.store(0, Ordering::Relaxed);
+        let is_upload = matches!(action, Action::Upload { .. });
+        if self.terminal && is_upload {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg}\n  {bytes} at {binary_bytes_per_sec}, {elapsed}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(describe_action(action));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            if let Ok(mut slot) = self.bar.lock() {
+                *slot = Some(bar);
+            }
+        } else {
+            eprintln!("{} ...", describe_action(action));
+        }
+    }
+
+    fn progress(&self, total: u64) {
+        if let Some(bar) = self.bar.lock().ok().and_then(|bar| bar.clone()) {
+            bar.set_position(total);
+        } else if total / GIB > self.logged_gib.load(Ordering::Relaxed) {
+            self.logged_gib.store(total / GIB, Ordering::Relaxed);
+            eprintln!("  ... {} uploaded", bytes(total));
+        }
+    }
+
+    fn finished(&self, action: &Action, result: &ActionResult) {
+        let seconds = self
+            .started
+            .lock()
+            .ok()
+            .and_then(|started| started.map(|s| s.elapsed().as_secs_f64()))
+            .unwrap_or(0.0);
+        if let Some(bar) = self.bar.lock().ok().and_then(|mut bar| bar.take()) {
+            bar.finish_and_clear();
+        }
+        let line = format!("{}: {}", describe_action(action), describe_result(result));
+        if matches!(action, Action::Upload { .. }) {
+            eprintln!("{line} in {seconds:.1} s");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The executor: runs a [`Plan`] through the narrow [`World`] interface (snapshots on disk,
+//! objects in buckets), in order — renames, uploads, destroys, deletes — and goes on after a
+//! failure with whatever does not depend on it.
+//!
+//! What depends on what:
+//! - an upload whose send parent is uploaded by the same plan waits for it; if that upload
+//!   fails, this one is skipped (its object would be a broken chain);
+//! - deletes in a remote for a source are skipped when an upload of that source to that
+//!   remote failed: the backups the plan deletes may be the ones the failed upload replaces;
+//! - snapshots are destroyed only when no upload of the plan uses them (the planner
+//!   guarantees it; the executor checks again).
+//!
+//! The next run plans the skipped and failed work again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::plan::{Action, Plan, SnapshotRef};
+
+/// An error of the outside world, as a message chain.
+pub type WorldError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What one upload needs, with snapshot names as they are now (after renames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadJob<'a> {
+    /// The remote.
+    pub remote: &'a str,
+    /// The object key.
+    pub key: &'a str,
+    /// The snapshot directory.
+    pub directory: &'a Path,
+    /// The snapshot's current name and subvolume id.
+    pub snapshot: (&'a str, u64),
+    /// The send parent's current name and subvolume id.
+    pub send_parent: Option<(&'a str, u64)>,
+    /// The commands the stream goes through.
+    pub pipe_through: &'a [Vec<String>],
+}
+
+/// The outside world, as the executor sees it. The real one is
+/// [`crate::update::RealWorld`]; tests use an in-memory fake.
+#[allow(async_fn_in_trait)] // used with concrete types only, never as `dyn World`
+pub trait World {
+    /// Renames snapshot `from` (subvolume `id`) to `to` in `directory`.
+    fn rename_snapshot(
+        &mut self,
+        directory: &Path,
+        from: &str,
+        to: &str,
+        id: u64,
+    ) -> Result<(), WorldError>;
+    /// Destroys snapshot `name` (subvolume `id`) in `directory`.
+    fn destroy_snapshot(&mut self, directory: &Path, name: &str, id: u64)
+    -> Result<(), WorldError>;
+    /// Streams the snapshot into the object; returns the number of bytes stored.
+    async fn upload(
+        &mut self,
+        job: &UploadJob<'_>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, WorldError>;
+    /// Deletes objects from a remote; fails if any of them was not deleted.
+    async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError>;
+}
+
+/// Hears about progress, for the user.
+pub trait Observer: Sync {
+    /// An action starts.
+    fn started(&self, action: &Action);
+    /// An upload has read this many bytes so far.
+    fn progress(&self, bytes: u64);
+    /// An action ended.
+    fn finished(&self, action: &Action, result: &ActionResult);
+}
+
+/// An observer that hears nothing.
+pub struct Silent;
+
+impl Observer for Silent {
+    fn started(&self, _: &Action) {}
+    fn progress(&self, _: u64) {}
+    fn finished(&self, _: &Action, _: &ActionResult) {}
+}
+
+/// How one action went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ActionResult {
+    /// Done; for an upload, the bytes stored.
+    Done {
+        /// Bytes stored, for uploads.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
+    },
+    /// Failed, with the error and its causes.
+    Failed {
+        /// The message.
+        error: String,
+    },
+    /// Not attempted, because something it depends on failed.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of every action of a plan, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Each action with its result.
+    pub results: Vec<(Action, ActionResult)>,
+}
+
+impl Outcome {
+    /// Whether every action was done.
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.results
+            .iter()
+            .all(|(_, result)| matches!(result, ActionResult::Done { .. }))
+    }
+
+    /// The actions that failed or were skipped, with why.
+    pub fn problems(&self) -> impl Iterator<Item = &(Action, ActionResult)> {
+        self.results
+            .iter()
+            .filter(|(_, result)| !matches!(result, ActionResult::Done { .. }))
+    }
+}
+
+/// Renders an error and all its causes on one line.
+#[must_use]
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs `plan` against `world`.
+pub async fn execute<W: World>(plan: &Plan, world: &mut W, observer: &dyn Observer) -> Outcome {
+    let mut executor = Executor {
+        world,
+        observer,
+        results: Vec::with_capacity(plan.actions.len()),
+        names: HashMap::new(),
+        missing_uploads: BTreeSet::new(),
+        failed_pairs: BTreeSet::new(),
+        needed_snapshots: plan
+            .actions
+            .iter()
+            .flat_map(|action| match action {
+                Action::Upload {
+                    snapshot,
+                    send_parent,
+                    ..
+                } => vec![Some(snapshot.uuid), send_parent.as_ref().map(|p| p.uuid)],
+                _ => Vec::new(),
+            })
+            .flatten()
+            .collect(),
+    };
+    let mut deletes: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+    for action in &plan.actions {
+        let result = match action {
+            Action::CreateSnapshot { .. } => ActionResult::Skipped {
+                reason: "a planned snapshot is only created by a real run".to_owned(),
+            },
+            Action::Rename { snapshot, to } => executor.rename(action, snapshot, to),
+            Action::Upload { .. } => executor.upload(action).await,
+            Action::Destroy { snapshot } => executor.destroy(action, snapshot),
+            Action::Delete { remote, .. } => {
+                // Deletes are batched per remote, after everything else.
+                deletes.entry(remote).or_default().push(action);
+                continue;
+            }
+        };
+        executor.record(action, result);
+    }
+    for (remote, actions) in deletes {
+        executor.delete(remote, actions).await;
+    }
+    Outcome {
+        results: executor.results,
+    }
+}
+
+/// The state of one execution.
+struct Executor<'a, W> {
+    world: &'a mut W,
+    observer: &'a dyn Observer,
+    results: Vec<(Action, ActionResult)>,
+    /// Snapshot names as they are now: (directory, id) -> name.
+    names: HashMap<(PathBuf, u64), String>,
+    /// Uploads that did not happen: (remote, snapshot uuid).
+    missing_uploads: BTreeSet<(String, Uuid)>,
+    /// (remote, source) pairs with an upload that did not happen.
+    failed_pairs: BTreeSet<(String, PathBuf)>,
+    /// Snapshots some upload of the plan sends or sends against.
+    needed_snapshots: BTreeSet<Uuid>,
+}
+
+impl<W: World> Executor<'_, W> {
+    fn record(&mut self, action: &Action, result: ActionResult) {
+        self.observer.finished(action, &result);
+        self.results.push((action.clone(), result));
+    }
+
+    fn current_name(&self, snapshot: &SnapshotRef) -> String {
+        self.names
+            .get(&(snapshot.directory.clone(), snapshot.id))
+            .cloned()
+            .unwrap_or_else(|| snapshot.name.clone())
+    }
+
+    fn rename(&mut self, action: &Action, snapshot: &SnapshotRef, to: &str) -> ActionResult {
+        self.observer.started(action);
+        let result =
+            self.world
+                .rename_snapshot(&snapshot.directory, &snapshot.name, to, snapshot.id);
+        if result.is_ok() {
+            self.names
+                .insert((snapshot.directory.clone(), snapshot.id), to.to_owned());
+        }
+        done_or_failed(result.map(|()| None))
+    }
+
+    async fn upload(&mut self, action: &Action) -> ActionResult {
+        let Action::Upload {
+            remote,
+            key,
+            source,
+            snapshot,
+            send_parent,
+            pipe_through,
+            ..
+        } = action
+        else {
+            unreachable!("upload() is called with uploads only")
+        };
+        let parent_missing = send_parent.as_ref().filter(|parent| {
+            self.missing_uploads
+                .contains(&(remote.clone(), parent.uuid))
+        });
+        let result = if let Some(parent) = parent_missing {
+            ActionResult::Skipped {
+                reason: format!(
+                    "its send parent {} was not uploaded to {remote} in this run",
+                    parent.name
+                ),
+            }
+        } else {
+            self.observer.started(action);
+            let snapshot_name = self.current_name(snapshot);
+            let parent_name = send_parent.as_ref().map(|p| (self.current_name(p), p.id));
+            let job = UploadJob {
+                remote,
+                key,
+                directory: &snapshot.directory,
+                snapshot: (&snapshot_name, snapshot.id),
+                send_parent: parent_name.as_ref().map(|(name, id)| (name.as_str(), *id)),
+                pipe_through,
+            };
+            let observer = self.observer;
+            let progress = |bytes: u64| observer.progress(bytes);
+            done_or_failed(self.world.upload(&job, &progress).await.map(Some))
+        };
+        if !matches!(result, ActionResult::Done { .. }) {
+            self.missing_uploads.insert((remote.clone(), snapshot.uuid));
+            self.failed_pairs.insert((remote.clone(), source.clone()));
+        }
+        result
+    }
+
+    fn destroy(&mut self, action: &Action, snapshot: &SnapshotRef) -> ActionResult {
+        if self.needed_snapshots.contains(&snapshot.uuid) {
+            return ActionResult::Failed {
+                error: format!(
+                    "refusing to destroy {}: an upload of this plan uses it",
+                    snapshot.name
+                ),
+            };
+        }
+        self.observer.started(action);
+        let name = self.current_name(snapshot);
+        done_or_failed(
+            self.world
+                .destroy_snapshot(&snapshot.directory, &name, snapshot.id)
+                .map(|()| None),
+        )
+    }
+
+    async fn delete(&mut self, remote: &str, actions: Vec<&Action>) {
+        let (skipped, to_delete): (Vec<&Action>, Vec<&Action>) =
+            actions.into_iter().partition(|action| {
+                matches!(action, Action::Delete { source, .. }
+                    if self.failed_pairs.contains(&(remote.to_owned(), source.clone())))
+            });
+        for action in skipped {
+            self.record(
+                action,
+                ActionResult::Skipped {
+                    reason: format!(
+                        "an upload of this source to {remote} failed; its old backups stay until it succeeds"
+                    ),
+                },
+            );
+        }
+        if to_delete.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = to_delete
+            .iter()
+            .filter_map(|action| match action {
+                Action::Delete { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        for action in &to_delete {
+            self.observer.started(action);
+        }
+        let result = done_or_failed(
+            self.world
+                .delete_backups(remote, &keys)
+                .await
+                .map(|()| None),
+        );
+        for action in to_delete {
+            self.record(action, result.clone());
+        }
+    }
+}
+
+fn done_or_failed(result: Result<Option<u64>, WorldError>) -> ActionResult {
+    match result {
+        Ok(bytes) => ActionResult::Done { bytes },
+        Err(error) => ActionResult::Failed {
+            error: error_chain(error.as_ref()),
+        },
+    }
+}

@@ -1,0 +1,694 @@
+//! The planner: from the assessed state of sources, snapshot directories and buckets to a
+//! [`Plan`], a plain list of actions with their reasons. Pure: no IO, `now` is in the input.
+//!
+//! The same `Plan` value drives the printed preview, `--pretend`, `--json` and the executor,
+//! so what is shown is what is done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use btrfs2s3_policy::{
+    BackupItem, BrokenChain, Flags, Item, Keep, Params, Policy, Reasons, resolve,
+};
+use btrfs2s3_s3::{BackupMeta, format_ctime};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Everything the planner needs to know, gathered by [`crate::update::assess`].
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    /// The configured time zone.
+    pub timezone: TimeZone,
+    /// Its name, for output.
+    pub timezone_name: String,
+    /// The instant policies are evaluated at.
+    pub now: Timestamp,
+    /// The sources, in config order.
+    pub sources: Vec<SourceState>,
+    /// The remotes used by some source, in config order.
+    pub remotes: Vec<RemoteState>,
+}
+
+/// A source subvolume, its snapshots and where it is backed up.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    /// The subvolume's path.
+    pub path: PathBuf,
+    /// The name of its directory: the prefix of snapshot names and object keys.
+    pub name: String,
+    /// Its uuid: its snapshots' parent uuid.
+    pub uuid: Uuid,
+    /// The directory of its snapshots.
+    pub snapshot_dir: PathBuf,
+    /// Its read-only snapshots in that directory.
+    pub snapshots: Vec<SnapshotState>,
+    /// The remotes it is backed up to.
+    pub uploads: Vec<UploadTarget>,
+}
+
+/// A read-only snapshot of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotState {
+    /// Its current name in the snapshot directory.
+    pub name: String,
+    /// Its subvolume id (0 for a snapshot that is only planned).
+    pub id: u64,
+    /// Its uuid.
+    pub uuid: Uuid,
+    /// When its data last changed.
+    pub ctime: Timestamp,
+    /// The transaction of its last change.
+    pub ctransid: u64,
+    /// Whether this run created it (or, with `--pretend`, would create it).
+    pub origin: Origin,
+}
+
+/// Where a snapshot comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// It was there before this run.
+    Existing,
+    /// This run created it because the source changed.
+    Created,
+    /// `--pretend`: it would be created; it does not exist.
+    Planned,
+}
+
+/// One (source, remote) pair of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTarget {
+    /// The remote's id.
+    pub remote: String,
+    /// The preservation policy for this pair.
+    pub preserve: Params,
+    /// The commands the stream goes through.
+    pub pipe_through: Vec<Vec<String>>,
+}
+
+/// A bucket and the backups found in it.
+#[derive(Debug, Clone)]
+pub struct RemoteState {
+    /// The remote's id.
+    pub id: String,
+    /// Its bucket.
+    pub bucket: String,
+    /// Every object whose key parses as a backup.
+    pub backups: Vec<BackupState>,
+    /// How many objects are not ours.
+    pub foreign_objects: usize,
+}
+
+/// One backup object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupState {
+    /// Its key.
+    pub key: String,
+    /// What the key says.
+    pub meta: BackupMeta,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its storage class, when the server says.
+    pub storage_class: Option<String>,
+}
+
+/// Why and how something is kept, for output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeepSummary {
+    /// Why it is kept.
+    pub reasons: Reasons,
+    /// How.
+    pub flags: Flags,
+    /// The preserved spans it is the first item of, described (`2026-03 monthly`), longest
+    /// first.
+    pub time_spans: Vec<String>,
+}
+
+impl KeepSummary {
+    fn new(keep: &Keep, tz: &TimeZone) -> KeepSummary {
+        let mut spans: Vec<_> = keep.time_spans.iter().collect();
+        spans.sort_by_key(|span| (span.timeframe(), span.start()));
+        KeepSummary {
+            reasons: keep.reasons,
+            flags: keep.flags,
+            time_spans: spans.into_iter().map(|span| span.describe(tz)).collect(),
+        }
+    }
+
+    fn merge(&mut self, other: KeepSummary) {
+        self.reasons |= other.reasons;
+        self.flags |= other.flags;
+        for span in other.time_spans {
+            if !self.time_spans.contains(&span) {
+                self.time_spans.push(span);
+            }
+        }
+    }
+
+    /// A short description: the first preserved span, else the main reason.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        if let Some(span) = self.time_spans.first() {
+            span.clone()
+        } else if self.reasons.contains(Reasons::MOST_RECENT) {
+            "most recent".to_owned()
+        } else if self.reasons.contains(Reasons::SEND_ANCESTOR) {
+            "send ancestor".to_owned()
+        } else {
+            "kept".to_owned()
+        }
+    }
+}
+
+/// A snapshot in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedSnapshot {
+    /// The source it belongs to.
+    pub source: PathBuf,
+    /// Its directory.
+    pub directory: PathBuf,
+    /// Its current name.
+    pub name: String,
+    /// The name it gets when kept.
+    pub target_name: String,
+    /// Its subvolume id.
+    pub id: u64,
+    /// Its uuid.
+    pub uuid: Uuid,
+    /// Its ctime, ISO 8601 in the configured time zone.
+    pub ctime: String,
+    /// Its ctransid.
+    pub ctransid: u64,
+    /// Whether this run created it.
+    pub origin: Origin,
+    /// Why it is kept; `None`: it is destroyed.
+    pub keep: Option<KeepSummary>,
+}
+
+/// A backup in the plan: an existing one, or a new one to upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedBackup {
+    /// The remote.
+    pub remote: String,
+    /// The object key.
+    pub key: String,
+    /// The source it is a backup of.
+    pub source: PathBuf,
+    /// The snapshot it is (or will be) the stream of.
+    pub uuid: Uuid,
+    /// The snapshot it is sent against; `None` for a full backup.
+    pub send_parent: Option<Uuid>,
+    /// The snapshot's ctime, ISO 8601 in the configured time zone.
+    pub ctime: String,
+    /// The snapshot's ctransid.
+    pub ctransid: i64,
+    /// The object's size, for existing backups.
+    pub size: Option<u64>,
+    /// The storage class, when known.
+    pub storage_class: Option<String>,
+    /// Whether it is to be uploaded by this plan.
+    pub new: bool,
+    /// Why it is kept; `None`: it is deleted.
+    pub keep: Option<KeepSummary>,
+}
+
+/// A snapshot as an action refers to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotRef {
+    /// Its directory.
+    pub directory: PathBuf,
+    /// Its name when the plan was made.
+    pub name: String,
+    /// Its subvolume id (checked before anything is done to it).
+    pub id: u64,
+    /// Its uuid.
+    pub uuid: Uuid,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// `--pretend` only: the snapshot this run would create.
+    CreateSnapshot {
+        /// The source.
+        source: PathBuf,
+        /// Where.
+        directory: PathBuf,
+        /// Its temporary name.
+        name: String,
+    },
+    /// Give a kept snapshot its canonical name.
+    Rename {
+        /// The snapshot.
+        snapshot: SnapshotRef,
+        /// The new name.
+        to: String,
+    },
+    /// Send a snapshot (against its send parent) through the pipeline into an object.
+    Upload {
+        /// The remote.
+        remote: String,
+        /// The object key.
+        key: String,
+        /// The source.
+        source: PathBuf,
+        /// The snapshot to send.
+        snapshot: SnapshotRef,
+        /// The snapshot to send against; `None` for a full backup.
+        send_parent: Option<SnapshotRef>,
+        /// The commands the stream goes through.
+        pipe_through: Vec<Vec<String>>,
+        /// Why it is uploaded.
+        keep: KeepSummary,
+    },
+    /// Destroy a snapshot no remote keeps.
+    Destroy {
+        /// The snapshot.
+        snapshot: SnapshotRef,
+    },
+    /// Delete a backup the policy no longer keeps.
+    Delete {
+        /// The remote.
+        remote: String,
+        /// The object key.
+        key: String,
+        /// The source it is a backup of.
+        source: PathBuf,
+        /// Its snapshot's uuid.
+        uuid: Uuid,
+    },
+}
+
+/// A broken chain found in one remote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteBrokenChain {
+    /// The remote.
+    pub remote: String,
+    /// The chain.
+    #[serde(flatten)]
+    pub chain: BrokenChain,
+}
+
+/// What `update` is about to do, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The instant policies were evaluated at.
+    pub now: Timestamp,
+    /// The configured time zone.
+    pub timezone: String,
+    /// Every snapshot of every source.
+    pub snapshots: Vec<PlannedSnapshot>,
+    /// Every backup of every (source, remote) pair, existing and new.
+    pub backups: Vec<PlannedBackup>,
+    /// Objects in each remote that are not backups (never touched).
+    pub foreign_objects: BTreeMap<String, usize>,
+    /// Kept backups whose send parent is gone: they cannot be restored.
+    pub broken_chains: Vec<RemoteBrokenChain>,
+    /// The actions, in execution order: renames, uploads, destroys, deletes.
+    pub actions: Vec<Action>,
+}
+
+impl Plan {
+    /// Whether executing the plan changes anything (a `--pretend` snapshot creation does not
+    /// count: it is shown, not done).
+    #[must_use]
+    pub fn has_work(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|action| !matches!(action, Action::CreateSnapshot { .. }))
+    }
+
+    /// The snapshots this run created.
+    pub fn created_snapshots(&self) -> impl Iterator<Item = &PlannedSnapshot> {
+        self.snapshots
+            .iter()
+            .filter(|snapshot| snapshot.origin == Origin::Created)
+    }
+}
+
+/// A planner invariant did not hold; the plan is refused rather than risk the backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError(pub String);
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "internal error while planning: {}", self.0)
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+impl Item for SnapshotState {
+    fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+    fn ctime(&self) -> Timestamp {
+        self.ctime
+    }
+    fn ctransid(&self) -> i64 {
+        i64::try_from(self.ctransid).unwrap_or(i64::MAX)
+    }
+}
+
+impl Item for BackupState {
+    fn uuid(&self) -> Uuid {
+        self.meta.uuid
+    }
+    fn ctime(&self) -> Timestamp {
+        self.meta.ctime
+    }
+    fn ctransid(&self) -> i64 {
+        self.meta.ctransid
+    }
+}
+
+impl BackupItem for BackupState {
+    fn send_parent(&self) -> Option<Uuid> {
+        self.meta.send_parent_uuid
+    }
+}
+
+/// The canonical name of a snapshot: `<source name>.<ctime with offset>.<ctransid>`.
+#[must_use]
+pub fn snapshot_name(source_name: &str, ctime: Timestamp, ctransid: u64, tz: &TimeZone) -> String {
+    format!("{source_name}.{}.{ctransid}", format_ctime(ctime, tz))
+}
+
+fn snapshot_ref(source: &SourceState, snapshot: &SnapshotState) -> SnapshotRef {
+    SnapshotRef {
+        directory: source.snapshot_dir.clone(),
+        name: snapshot.name.clone(),
+        id: snapshot.id,
+        uuid: snapshot.uuid,
+    }
+}
+
+/// Plans one `update` run.
+pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
+    let mut builder = Builder {
+        tz: &assessment.timezone,
+        now: assessment.now,
+        snapshots: Vec::new(),
+        backups: Vec::new(),
+        broken_chains: Vec::new(),
+        creates: Vec::new(),
+        renames: Vec::new(),
+        uploads: Vec::new(),
+        destroys: Vec::new(),
+        deletes: Vec::new(),
+    };
+    for source in &assessment.sources {
+        let mut kept_snapshots: BTreeMap<Uuid, KeepSummary> = BTreeMap::new();
+        for target in &source.uploads {
+            let remote = assessment
+                .remotes
+                .iter()
+                .find(|remote| remote.id == target.remote)
+                .ok_or_else(|| PlanError(format!("remote {} was not assessed", target.remote)))?;
+            builder.plan_pair(source, target, remote, &mut kept_snapshots)?;
+        }
+        builder.plan_snapshots(source, &mut kept_snapshots);
+    }
+    builder.finish(assessment)
+}
+
+/// The plan under construction; actions are collected by kind and put in order at the end.
+struct Builder<'a> {
+    tz: &'a TimeZone,
+    now: Timestamp,
+    snapshots: Vec<PlannedSnapshot>,
+    backups: Vec<PlannedBackup>,
+    broken_chains: Vec<RemoteBrokenChain>,
+    creates: Vec<Action>,
+    renames: Vec<Action>,
+    uploads: Vec<Action>,
+    destroys: Vec<Action>,
+    deletes: Vec<Action>,
+}
+
+impl Builder<'_> {
+    /// Resolves one (source, remote) pair: its backups are kept, deleted or uploaded; the
+    /// snapshots it keeps are merged into `kept_snapshots`.
+    fn plan_pair(
+        &mut self,
+        source: &SourceState,
+        target: &UploadTarget,
+        remote: &RemoteState,
+        kept_snapshots: &mut BTreeMap<Uuid, KeepSummary>,
+    ) -> Result<(), PlanError> {
+        let existing: Vec<BackupState> = remote
+            .backups
+            .iter()
+            .filter(|backup| backup.meta.parent_uuid == source.uuid)
+            .cloned()
+            .collect();
+        let policy = Policy::new(target.preserve, self.tz.clone(), self.now);
+        let resolution = resolve(&source.snapshots, &existing, &policy);
+        for (uuid, keep) in &resolution.snapshots {
+            let summary = KeepSummary::new(keep, self.tz);
+            match kept_snapshots.get_mut(uuid) {
+                Some(kept) => kept.merge(summary),
+                None => {
+                    kept_snapshots.insert(*uuid, summary);
+                }
+            }
+        }
+        self.broken_chains.extend(
+            resolution
+                .broken_chains
+                .iter()
+                .map(|chain| RemoteBrokenChain {
+                    remote: remote.id.clone(),
+                    chain: *chain,
+                }),
+        );
+        // Existing backups: kept or deleted. Several keys may name one snapshot's backup
+        // (the same stream stored twice); they share its fate.
+        for backup in &existing {
+            let keep = resolution.backups.get(&backup.meta.uuid);
+            if keep.is_some_and(btrfs2s3_policy::KeepBackup::is_new) {
+                return Err(PlanError(format!(
+                    "backup {} exists but was planned as new",
+                    backup.key
+                )));
+            }
+            let summary = keep.map(|kept| KeepSummary::new(&kept.keep, self.tz));
+            if summary.is_none() {
+                self.deletes.push(Action::Delete {
+                    remote: remote.id.clone(),
+                    key: backup.key.clone(),
+                    source: source.path.clone(),
+                    uuid: backup.meta.uuid,
+                });
+            }
+            self.backups.push(PlannedBackup {
+                remote: remote.id.clone(),
+                key: backup.key.clone(),
+                source: source.path.clone(),
+                uuid: backup.meta.uuid,
+                send_parent: backup.meta.send_parent_uuid,
+                ctime: format_ctime(backup.meta.ctime, self.tz),
+                ctransid: backup.meta.ctransid,
+                size: Some(backup.size),
+                storage_class: backup.storage_class.clone(),
+                new: false,
+                keep: summary,
+            });
+        }
+        // New backups: uploads. A send parent is the first snapshot of a span that contains
+        // its child, so it has a smaller ctransid: uploading in ctransid order uploads
+        // parents first.
+        let mut new_uploads = Vec::new();
+        for (uuid, kept) in resolution.backups.iter().filter(|(_, kept)| kept.is_new()) {
+            let find = |uuid: Uuid| {
+                source
+                    .snapshots
+                    .iter()
+                    .find(|snapshot| snapshot.uuid == uuid)
+                    .ok_or_else(|| PlanError(format!("new backup of {uuid} has no snapshot")))
+            };
+            let snapshot = find(*uuid)?;
+            let send_parent = kept.send_parent.map(find).transpose()?;
+            new_uploads.push((
+                snapshot.ctransid,
+                self.upload(source, target, remote, snapshot, send_parent, &kept.keep),
+            ));
+        }
+        new_uploads.sort_by_key(|(ctransid, _)| *ctransid);
+        self.uploads
+            .extend(new_uploads.into_iter().map(|(_, action)| action));
+        Ok(())
+    }
+
+    /// The upload of a new backup of `snapshot`, recorded in the backup list too.
+    fn upload(
+        &mut self,
+        source: &SourceState,
+        target: &UploadTarget,
+        remote: &RemoteState,
+        snapshot: &SnapshotState,
+        send_parent: Option<&SnapshotState>,
+        keep: &Keep,
+    ) -> Action {
+        let meta = BackupMeta {
+            uuid: snapshot.uuid,
+            parent_uuid: source.uuid,
+            send_parent_uuid: send_parent.map(|parent| parent.uuid),
+            ctransid: snapshot.ctransid().max(0),
+            ctime: Timestamp::from_second(snapshot.ctime.as_second()).unwrap_or(snapshot.ctime),
+        };
+        let key = meta.key(&source.name, self.tz);
+        let summary = KeepSummary::new(keep, self.tz);
+        self.backups.push(PlannedBackup {
+            remote: remote.id.clone(),
+            key: key.clone(),
+            source: source.path.clone(),
+            uuid: snapshot.uuid,
+            send_parent: meta.send_parent_uuid,
+            ctime: format_ctime(snapshot.ctime, self.tz),
+            ctransid: meta.ctransid,
+            size: None,
+            storage_class: None,
+            new: true,
+            keep: Some(summary.clone()),
+        });
+        Action::Upload {
+            remote: remote.id.clone(),
+            key,
+            source: source.path.clone(),
+            snapshot: snapshot_ref(source, snapshot),
+            send_parent: send_parent.map(|parent| snapshot_ref(source, parent)),
+            pipe_through: target.pipe_through.clone(),
+            keep: summary,
+        }
+    }
+
+    /// The snapshots of a source: kept ones get their canonical name, the rest are
+    /// destroyed.
+    fn plan_snapshots(
+        &mut self,
+        source: &SourceState,
+        kept_snapshots: &mut BTreeMap<Uuid, KeepSummary>,
+    ) {
+        for snapshot in &source.snapshots {
+            let keep = kept_snapshots.remove(&snapshot.uuid);
+            let target_name =
+                snapshot_name(&source.name, snapshot.ctime, snapshot.ctransid, self.tz);
+            match (&keep, snapshot.origin) {
+                (_, Origin::Planned) => self.creates.push(Action::CreateSnapshot {
+                    source: source.path.clone(),
+                    directory: source.snapshot_dir.clone(),
+                    name: snapshot.name.clone(),
+                }),
+                (Some(_), _) if snapshot.name != target_name => self.renames.push(Action::Rename {
+                    snapshot: snapshot_ref(source, snapshot),
+                    to: target_name.clone(),
+                }),
+                (None, _) => self.destroys.push(Action::Destroy {
+                    snapshot: snapshot_ref(source, snapshot),
+                }),
+                (Some(_), _) => {}
+            }
+            self.snapshots.push(PlannedSnapshot {
+                source: source.path.clone(),
+                directory: source.snapshot_dir.clone(),
+                name: snapshot.name.clone(),
+                target_name,
+                id: snapshot.id,
+                uuid: snapshot.uuid,
+                ctime: format_ctime(snapshot.ctime, self.tz),
+                ctransid: snapshot.ctransid,
+                origin: snapshot.origin,
+                keep,
+            });
+        }
+    }
+
+    fn finish(self, assessment: &Assessment) -> Result<Plan, PlanError> {
+        check_invariants(&self.uploads, &self.destroys, &self.deletes, &self.backups)?;
+        let foreign_objects = assessment
+            .remotes
+            .iter()
+            .map(|remote| (remote.id.clone(), remote.foreign_objects))
+            .collect();
+        let actions = self
+            .creates
+            .into_iter()
+            .chain(self.renames)
+            .chain(self.uploads)
+            .chain(self.destroys)
+            .chain(self.deletes)
+            .collect();
+        Ok(Plan {
+            now: assessment.now,
+            timezone: assessment.timezone_name.clone(),
+            snapshots: self.snapshots,
+            backups: self.backups,
+            foreign_objects,
+            broken_chains: self.broken_chains,
+            actions,
+        })
+    }
+}
+
+/// The safety rules, checked on the finished plan: no snapshot an upload needs is
+/// destroyed, and no backup a kept backup depends on is deleted.
+fn check_invariants(
+    uploads: &[Action],
+    destroys: &[Action],
+    deletes: &[Action],
+    backups: &[PlannedBackup],
+) -> Result<(), PlanError> {
+    let needed: BTreeSet<Uuid> = uploads
+        .iter()
+        .flat_map(|action| match action {
+            Action::Upload {
+                snapshot,
+                send_parent,
+                ..
+            } => vec![Some(snapshot.uuid), send_parent.as_ref().map(|p| p.uuid)],
+            _ => Vec::new(),
+        })
+        .flatten()
+        .collect();
+    for action in destroys {
+        if let Action::Destroy { snapshot } = action
+            && needed.contains(&snapshot.uuid)
+        {
+            return Err(PlanError(format!(
+                "snapshot {} is needed by an upload but planned to be destroyed",
+                snapshot.name
+            )));
+        }
+    }
+    let depended_on: BTreeSet<(&str, Uuid)> = backups
+        .iter()
+        .filter(|backup| backup.keep.is_some())
+        .filter_map(|backup| {
+            backup
+                .send_parent
+                .map(|parent| (backup.remote.as_str(), parent))
+        })
+        .collect();
+    let kept: BTreeSet<(&str, Uuid)> = backups
+        .iter()
+        .filter(|backup| backup.keep.is_some())
+        .map(|backup| (backup.remote.as_str(), backup.uuid))
+        .collect();
+    for action in deletes {
+        if let Action::Delete {
+            remote, key, uuid, ..
+        } = action
+            && (depended_on.contains(&(remote.as_str(), *uuid))
+                || kept.contains(&(remote.as_str(), *uuid)))
+        {
+            return Err(PlanError(format!(
+                "backup {key} in {remote} is needed by a kept backup but planned to be deleted"
+            )));
+        }
+    }
+    Ok(())
+}
