@@ -66,7 +66,7 @@ pub struct UploadSettings {
     /// Size of the first parts of a multipart upload, in bytes (at least 5 MiB, S3's minimum).
     pub part_size: u64,
     /// The part size doubles after every this many parts, so that the 10,000 parts S3 allows
-    /// hold 5 TiB with the default settings.
+    /// hold 5 TiB (the default, 900, does for every allowed part size).
     pub parts_per_size_step: u32,
     /// How many parts are uploaded at once while the next one is read.
     pub parts_in_flight: usize,
@@ -76,7 +76,7 @@ impl Default for UploadSettings {
     fn default() -> UploadSettings {
         UploadSettings {
             part_size: 8 << 20,
-            parts_per_size_step: 1000,
+            parts_per_size_step: 900,
             parts_in_flight: 4,
         }
     }

@@ -94,7 +94,8 @@ impl UploadOptions {
 }
 
 /// The size of part `index` (0-based): `base`, doubled every `step` parts, at most 5 GiB.
-/// With the defaults (8 MiB, 1000) 10,000 parts hold 8 TiB.
+/// With the default step of 900 parts, 10,000 parts hold more than 5 TiB for every allowed
+/// base (5 MiB: 10 TB; the default 8 MiB: 14 TB).
 #[must_use]
 pub fn part_size(index: usize, base: u64, step: u32) -> u64 {
     let doublings = u32::try_from(index / step.max(1) as usize).unwrap_or(u32::MAX);
@@ -622,14 +623,14 @@ mod tests {
     #[test]
     fn part_sizes_grow_so_that_5_tib_fits() {
         let base = 8 << 20;
-        assert_eq!(part_size(0, base, 1000), base);
-        assert_eq!(part_size(999, base, 1000), base);
-        assert_eq!(part_size(1000, base, 1000), 2 * base);
-        assert_eq!(part_size(9999, base, 1000), 512 * base);
-        let capacity: u64 = (0..MAX_PARTS).map(|i| part_size(i, base, 1000)).sum();
+        assert_eq!(part_size(0, base, 900), base);
+        assert_eq!(part_size(899, base, 900), base);
+        assert_eq!(part_size(900, base, 900), 2 * base);
+        assert_eq!(part_size(9999, base, 900), 5 << 30, "capped at 5 GiB");
+        let capacity: u64 = (0..MAX_PARTS).map(|i| part_size(i, base, 900)).sum();
         assert!(capacity >= 5 << 40, "{capacity}");
         // The smallest allowed base also fits 5 TiB.
-        let capacity: u64 = (0..MAX_PARTS).map(|i| part_size(i, 5 << 20, 1000)).sum();
+        let capacity: u64 = (0..MAX_PARTS).map(|i| part_size(i, 5 << 20, 900)).sum();
         assert!(capacity >= 5 << 40, "{capacity}");
     }
 
