@@ -348,3 +348,180 @@ fn done_or_failed(result: Result<Option<u64>, WorldError>) -> ActionResult {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeWorld;
+    use crate::plan::plan;
+
+    fn run(world: &mut FakeWorld) -> (Plan, Outcome) {
+        let plan = plan(&world.assessment()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(execute(&plan, world, &Silent));
+        (plan, outcome)
+    }
+
+    /// A source with a yearly, a monthly and a daily snapshot, none backed up yet, one old
+    /// snapshot to destroy and one old backup to delete.
+    fn history() -> FakeWorld {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y 1m 1d")]);
+        world.add_snapshot(0, "old", 1, "2025-06-01T00:00:00Z", 50);
+        world.add_backup(0, "aws", 1, None);
+        world.add_snapshot(0, "y", 2, "2026-01-02T00:00:00Z", 100);
+        world.add_snapshot(0, "m", 3, "2026-03-01T00:00:00Z", 200);
+        world.add_snapshot(0, "home.NEW.1", 4, "2026-03-08T11:00:00Z", 300);
+        world
+    }
+
+    #[test]
+    fn actions_run_in_order_and_uploads_use_the_new_names() {
+        let mut world = history();
+        let (_, outcome) = run(&mut world);
+        assert!(outcome.succeeded(), "{outcome:?}");
+        let kinds: Vec<&str> = world
+            .log
+            .iter()
+            .map(|line| line.split(' ').next().unwrap())
+            .collect();
+        let first = |kind: &str| kinds.iter().position(|k| *k == kind).unwrap();
+        let last = |kind: &str| kinds.iter().rposition(|k| *k == kind).unwrap();
+        assert!(last("rename") < first("upload"));
+        assert!(last("upload") < first("destroy"));
+        assert!(last("destroy") < first("delete"));
+        // The upload of the renamed snapshot found it under its new name.
+        assert!(
+            world
+                .log
+                .contains(&"upload aws home.2026-03-08T11:00:00+00:00.300".to_owned()),
+            "{:?}",
+            world.log
+        );
+    }
+
+    #[test]
+    fn running_the_plan_leaves_nothing_to_do() {
+        let mut world = history();
+        let (_, outcome) = run(&mut world);
+        assert!(outcome.succeeded());
+        let again = plan(&world.assessment()).unwrap();
+        assert!(!again.has_work(), "{:?}", again.actions);
+    }
+
+    #[test]
+    fn a_failed_upload_skips_what_depends_on_it_and_nothing_else() {
+        let mut world = history();
+        world.add_source("media", 2, &[("aws", "1d")]);
+        world.add_snapshot(1, "media.NEW.1", 9, "2026-03-08T11:00:00Z", 310);
+        let first_plan = plan(&world.assessment()).unwrap();
+        // Make the monthly upload fail: the daily one is sent against it.
+        let monthly_key = first_plan
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Upload { snapshot, key, .. } if snapshot.name == "m" => Some(key.clone()),
+                _ => None,
+            })
+            .unwrap();
+        world.failing_keys.insert(monthly_key);
+        let (_, outcome) = run(&mut world);
+        assert!(!outcome.succeeded());
+        let result_of = |name: &str| {
+            outcome
+                .results
+                .iter()
+                .find(|(action, _)| match action {
+                    Action::Upload { snapshot, .. } => snapshot.name == name,
+                    _ => false,
+                })
+                .map(|(_, result)| result.clone())
+                .unwrap()
+        };
+        assert!(matches!(result_of("y"), ActionResult::Done { .. }));
+        assert!(matches!(result_of("m"), ActionResult::Failed { .. }));
+        let ActionResult::Skipped { reason } = result_of("home.NEW.1") else {
+            panic!("not skipped")
+        };
+        assert!(reason.contains("send parent m"), "{reason}");
+        // The other source is not affected.
+        assert!(matches!(
+            result_of("media.NEW.1"),
+            ActionResult::Done { .. }
+        ));
+        // The old backup of `home` stays while its uploads are failing; the snapshot goes.
+        let delete = outcome
+            .results
+            .iter()
+            .find(|(a, _)| matches!(a, Action::Delete { .. }))
+            .unwrap();
+        assert!(
+            matches!(delete.1, ActionResult::Skipped { .. }),
+            "{delete:?}"
+        );
+        assert!(world.log.contains(&"destroy old".to_owned()));
+        // The next run, without the failure, finishes the job.
+        world.failing_keys.clear();
+        let (_, outcome) = run(&mut world);
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(!plan(&world.assessment()).unwrap().has_work());
+    }
+
+    #[test]
+    fn a_failed_rename_does_not_stop_the_uploads() {
+        let mut world = history();
+        world.failing_snapshots.insert("home.NEW.1".to_owned());
+        let (_, outcome) = run(&mut world);
+        let failed: Vec<_> = outcome
+            .problems()
+            .map(|(action, _)| action.clone())
+            .collect();
+        // The rename fails, and so does the upload of that snapshot (the fake refuses to touch
+        // it); the yearly and monthly uploads and the cleanup still happen.
+        assert!(failed.iter().any(|a| matches!(a, Action::Rename { .. })));
+        let uploads: Vec<&String> = world
+            .log
+            .iter()
+            .filter(|l| l.starts_with("upload"))
+            .collect();
+        assert_eq!(uploads.len(), 2, "{uploads:?}");
+        assert!(world.log.iter().any(|l| l == "destroy old"));
+    }
+
+    #[test]
+    fn the_executor_refuses_to_destroy_a_snapshot_an_upload_needs() {
+        let mut world = history();
+        let mut plan = plan(&world.assessment()).unwrap();
+        let needed = plan
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Upload { snapshot, .. } => Some(snapshot.clone()),
+                _ => None,
+            })
+            .unwrap();
+        plan.actions.push(Action::Destroy {
+            snapshot: needed.clone(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(execute(&plan, &mut world, &Silent));
+        let (_, result) = outcome
+            .results
+            .iter()
+            .find(|(a, _)| {
+                *a == Action::Destroy {
+                    snapshot: needed.clone(),
+                }
+            })
+            .unwrap();
+        assert!(
+            matches!(result, ActionResult::Failed { error } if error.contains("refusing")),
+            "{result:?}"
+        );
+        assert!(!world.log.contains(&format!("destroy {}", needed.name)));
+    }
+}

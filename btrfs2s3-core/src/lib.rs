@@ -10,6 +10,8 @@
 
 pub mod config;
 pub mod execute;
+#[cfg(test)]
+mod fake;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;

@@ -692,3 +692,172 @@ fn check_invariants(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeWorld;
+
+    /// The actions of the plan, one short line each.
+    fn actions(world: &FakeWorld) -> Vec<String> {
+        let plan = plan(&world.assessment()).unwrap();
+        plan.actions
+            .iter()
+            .map(|action| match action {
+                Action::CreateSnapshot { name, .. } => format!("create {name}"),
+                Action::Rename { snapshot, to } => format!("rename {} {to}", snapshot.name),
+                Action::Upload {
+                    remote,
+                    snapshot,
+                    send_parent,
+                    ..
+                } => match send_parent {
+                    Some(parent) => {
+                        format!("upload {remote} {} from {}", snapshot.name, parent.name)
+                    }
+                    None => format!("upload {remote} {} full", snapshot.name),
+                },
+                Action::Destroy { snapshot } => format!("destroy {}", snapshot.name),
+                Action::Delete { remote, uuid, .. } => {
+                    format!("delete {remote} {}", uuid.as_u128() >> 64)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_snapshot_is_renamed_and_uploaded_as_a_full_backup() {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y 1m 1d")]);
+        world.add_snapshot(0, "home.NEW.99", 10, "2026-03-08T11:59:00Z", 500);
+        assert_eq!(
+            actions(&world),
+            [
+                "rename home.NEW.99 home.2026-03-08T11:59:00+00:00.500",
+                "upload aws home.NEW.99 full",
+            ]
+        );
+    }
+
+    #[test]
+    fn differentials_follow_the_policy_timeframes() {
+        let mut world = FakeWorld::new("Europe/Berlin", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y 1m 1d")]);
+        world.add_snapshot(0, "y", 1, "2026-01-02T10:00:00Z", 100); // yearly
+        world.add_snapshot(0, "m", 2, "2026-03-01T10:00:00Z", 200); // monthly
+        world.add_snapshot(0, "d", 3, "2026-03-08T08:00:00Z", 300); // daily
+        world.add_snapshot(0, "h", 4, "2026-03-08T11:00:00Z", 400); // most recent
+        let found = actions(&world);
+        let uploads: Vec<&String> = found.iter().filter(|a| a.starts_with("upload")).collect();
+        assert_eq!(
+            uploads,
+            [
+                "upload aws y full",
+                "upload aws m from y",
+                "upload aws d from m",
+                "upload aws h from d",
+            ]
+        );
+    }
+
+    #[test]
+    fn expired_snapshots_are_destroyed_and_backups_deleted_but_ancestors_stay() {
+        let mut world = FakeWorld::new("UTC", "2026-06-10T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1m 1d")]);
+        let names = [
+            (
+                "home.2026-05-01T00:00:00+00:00.100",
+                1,
+                "2026-05-01T00:00:00Z",
+                100,
+            ),
+            (
+                "home.2026-06-01T00:00:00+00:00.200",
+                2,
+                "2026-06-01T00:00:00Z",
+                200,
+            ),
+            (
+                "home.2026-06-05T00:00:00+00:00.300",
+                3,
+                "2026-06-05T00:00:00Z",
+                300,
+            ),
+            (
+                "home.2026-06-10T00:00:00+00:00.400",
+                4,
+                "2026-06-10T00:00:00Z",
+                400,
+            ),
+        ];
+        for (name, id, ctime, ctransid) in names {
+            world.add_snapshot(0, name, id, ctime, ctransid);
+        }
+        world.add_backup(0, "aws", 1, None);
+        world.add_backup(0, "aws", 2, None);
+        world.add_backup(0, "aws", 3, Some(2));
+        world.add_backup(0, "aws", 4, Some(2));
+        // May is out of the policy: its snapshot and backup go. The 5th is neither preserved
+        // (1d keeps only the 10th) nor the send parent of a kept backup: it goes too. June's
+        // monthly stays, also as the send parent of the 10th.
+        assert_eq!(
+            actions(&world),
+            [
+                "destroy home.2026-05-01T00:00:00+00:00.100",
+                "destroy home.2026-06-05T00:00:00+00:00.300",
+                "delete aws 1",
+                "delete aws 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_objects_and_other_sources_backups_are_untouched() {
+        let mut world = FakeWorld::new("UTC", "2026-06-10T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1d")]);
+        world.add_source("other", 2, &[("gcs", "1d")]);
+        world.add_snapshot(
+            0,
+            "home.2026-06-10T00:00:00+00:00.400",
+            4,
+            "2026-06-10T00:00:00Z",
+            400,
+        );
+        world.add_snapshot(1, "old-other", 5, "2020-01-01T00:00:00Z", 50);
+        world.add_backup(0, "aws", 4, None);
+        // A backup of `other` in `aws`, a remote `other` does not use: not ours to judge.
+        world.add_backup(1, "aws", 5, None);
+        world
+            .objects
+            .get_mut("aws")
+            .unwrap()
+            .insert("notes.txt".to_owned(), 5);
+        let plan = plan(&world.assessment()).unwrap();
+        assert_eq!(plan.foreign_objects["aws"], 1);
+        let found = actions(&world);
+        assert!(found.iter().all(|a| !a.starts_with("delete")), "{found:?}");
+    }
+
+    #[test]
+    fn pretend_plans_show_the_snapshot_to_create() {
+        let mut world = FakeWorld::new("UTC", "2026-06-10T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1d")]);
+        world.add_snapshot(0, "home.NEW.7", 9, "2026-06-10T11:00:00Z", 900);
+        world
+            .snapshots
+            .values_mut()
+            .for_each(|s| s.values_mut().for_each(|s| s.origin = Origin::Planned));
+        let found = actions(&world);
+        assert_eq!(found, ["create home.NEW.7", "upload aws home.NEW.7 full"]);
+        // The creation itself is only shown; the upload is work.
+        let plan = plan(&world.assessment()).unwrap();
+        assert!(plan.has_work());
+        assert_eq!(
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, Action::CreateSnapshot { .. }))
+                .count(),
+            1
+        );
+    }
+}

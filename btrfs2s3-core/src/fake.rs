@@ -1,0 +1,274 @@
+//! An in-memory [`World`]: snapshot directories and buckets as maps, with failures on demand.
+//! It can also describe itself as an [`Assessment`], so a test can plan, execute, and plan
+//! again. For unit tests of the planner and the executor; integration tests use real btrfs
+//! and real S3 servers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use btrfs2s3_s3::BackupMeta;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use uuid::Uuid;
+
+use crate::execute::{UploadJob, World, WorldError};
+use crate::plan::{
+    Assessment, BackupState, Origin, RemoteState, SnapshotState, SourceState, UploadTarget,
+};
+
+/// A source of the fake world.
+#[derive(Debug, Clone)]
+pub struct FakeSource {
+    pub path: PathBuf,
+    pub name: String,
+    pub uuid: Uuid,
+    pub directory: PathBuf,
+    pub uploads: Vec<UploadTarget>,
+}
+
+/// The fake world.
+#[derive(Debug, Clone)]
+pub struct FakeWorld {
+    pub timezone: TimeZone,
+    pub now: Timestamp,
+    pub sources: Vec<FakeSource>,
+    /// directory → id → snapshot (its name is the current name).
+    pub snapshots: BTreeMap<PathBuf, BTreeMap<u64, SnapshotState>>,
+    /// remote → key → size.
+    pub objects: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Uploads to these keys fail.
+    pub failing_keys: BTreeSet<String>,
+    /// Snapshot operations fail on these names.
+    pub failing_snapshots: BTreeSet<String>,
+    /// Every operation, in order.
+    pub log: Vec<String>,
+}
+
+impl FakeWorld {
+    pub fn new(timezone: &str, now: &str) -> FakeWorld {
+        FakeWorld {
+            timezone: TimeZone::get(timezone).expect("a known zone"),
+            now: now.parse().expect("an RFC 3339 instant"),
+            sources: Vec::new(),
+            snapshots: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            failing_keys: BTreeSet::new(),
+            failing_snapshots: BTreeSet::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Adds a source `name` in `/pool`, snapshotted into `/pool/.snapshots`, backed up to
+    /// each `(remote, preserve)`.
+    pub fn add_source(&mut self, name: &str, uuid: u128, uploads: &[(&str, &str)]) {
+        let uploads = uploads
+            .iter()
+            .map(|(remote, preserve)| {
+                self.objects.entry((*remote).to_owned()).or_default();
+                UploadTarget {
+                    remote: (*remote).to_owned(),
+                    preserve: preserve.parse().expect("a valid policy"),
+                    pipe_through: Vec::new(),
+                }
+            })
+            .collect();
+        self.sources.push(FakeSource {
+            path: PathBuf::from("/pool").join(name),
+            name: name.to_owned(),
+            uuid: Uuid::from_u128(uuid),
+            directory: PathBuf::from("/pool/.snapshots"),
+            uploads,
+        });
+    }
+
+    /// Adds a snapshot of source `source` (an index), named `name`.
+    pub fn add_snapshot(&mut self, source: usize, name: &str, id: u64, ctime: &str, ctransid: u64) {
+        let directory = self.sources[source].directory.clone();
+        let uuid =
+            Uuid::from_u128(u128::from(id) << 64 | self.sources[source].uuid.as_u128() & 0xffff);
+        self.snapshots.entry(directory).or_default().insert(
+            id,
+            SnapshotState {
+                name: name.to_owned(),
+                id,
+                uuid,
+                ctime: ctime.parse().expect("an RFC 3339 instant"),
+                ctransid,
+                origin: Origin::Existing,
+            },
+        );
+    }
+
+    /// The uuid of snapshot `id`.
+    pub fn snapshot_uuid(&self, id: u64) -> Uuid {
+        self.snapshots
+            .values()
+            .find_map(|snapshots| snapshots.get(&id))
+            .map(|snapshot| snapshot.uuid)
+            .expect("a known snapshot")
+    }
+
+    /// Puts a backup of snapshot `id` of source `source` in `remote`.
+    pub fn add_backup(
+        &mut self,
+        source: usize,
+        remote: &str,
+        id: u64,
+        send_parent: Option<u64>,
+    ) -> String {
+        let snapshot = self
+            .snapshots
+            .values()
+            .find_map(|snapshots| snapshots.get(&id))
+            .expect("a known snapshot")
+            .clone();
+        let meta = BackupMeta {
+            uuid: snapshot.uuid,
+            parent_uuid: self.sources[source].uuid,
+            send_parent_uuid: send_parent.map(|parent| self.snapshot_uuid(parent)),
+            ctransid: i64::try_from(snapshot.ctransid).expect("small"),
+            ctime: Timestamp::from_second(snapshot.ctime.as_second()).expect("in range"),
+        };
+        let key = meta.key(&self.sources[source].name, &self.timezone);
+        self.objects
+            .entry(remote.to_owned())
+            .or_default()
+            .insert(key.clone(), 100);
+        key
+    }
+
+    /// The state as `assess` would find it.
+    pub fn assessment(&self) -> Assessment {
+        let sources = self
+            .sources
+            .iter()
+            .map(|source| SourceState {
+                path: source.path.clone(),
+                name: source.name.clone(),
+                uuid: source.uuid,
+                snapshot_dir: source.directory.clone(),
+                snapshots: self
+                    .snapshots
+                    .get(&source.directory)
+                    .map(|snapshots| {
+                        snapshots
+                            .values()
+                            .filter(|s| s.uuid.as_u128() & 0xffff == source.uuid.as_u128() & 0xffff)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                uploads: source.uploads.clone(),
+            })
+            .collect();
+        let remotes = self
+            .objects
+            .iter()
+            .map(|(remote, objects)| {
+                let mut backups = Vec::new();
+                let mut foreign_objects = 0;
+                for (key, size) in objects {
+                    match BackupMeta::parse_key(key) {
+                        Ok(meta) => backups.push(BackupState {
+                            key: key.clone(),
+                            meta,
+                            size: *size,
+                            storage_class: None,
+                        }),
+                        Err(_) => foreign_objects += 1,
+                    }
+                }
+                RemoteState {
+                    id: remote.clone(),
+                    bucket: format!("bucket-{remote}"),
+                    backups,
+                    foreign_objects,
+                }
+            })
+            .collect();
+        Assessment {
+            timezone: self.timezone.clone(),
+            timezone_name: "test".to_owned(),
+            now: self.now,
+            sources,
+            remotes,
+        }
+    }
+
+    fn snapshot_mut(
+        &mut self,
+        directory: &Path,
+        name: &str,
+        id: u64,
+    ) -> Result<&mut SnapshotState, WorldError> {
+        if self.failing_snapshots.contains(name) {
+            return Err(format!("injected failure on {name}").into());
+        }
+        self.snapshots
+            .get_mut(directory)
+            .and_then(|snapshots| snapshots.get_mut(&id))
+            .filter(|snapshot| snapshot.name == name)
+            .ok_or_else(|| format!("no snapshot {name} ({id}) in {}", directory.display()).into())
+    }
+}
+
+impl World for FakeWorld {
+    fn rename_snapshot(
+        &mut self,
+        directory: &Path,
+        from: &str,
+        to: &str,
+        id: u64,
+    ) -> Result<(), WorldError> {
+        self.snapshot_mut(directory, from, id)?.name = to.to_owned();
+        self.log.push(format!("rename {from} {to}"));
+        Ok(())
+    }
+
+    fn destroy_snapshot(
+        &mut self,
+        directory: &Path,
+        name: &str,
+        id: u64,
+    ) -> Result<(), WorldError> {
+        self.snapshot_mut(directory, name, id)?;
+        if let Some(snapshots) = self.snapshots.get_mut(directory) {
+            snapshots.remove(&id);
+        }
+        self.log.push(format!("destroy {name}"));
+        Ok(())
+    }
+
+    async fn upload(
+        &mut self,
+        job: &UploadJob<'_>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, WorldError> {
+        self.snapshot_mut(job.directory, job.snapshot.0, job.snapshot.1)?;
+        if let Some((name, id)) = job.send_parent {
+            self.snapshot_mut(job.directory, name, id)?;
+        }
+        if self.failing_keys.contains(job.key) {
+            return Err(format!("injected failure uploading {}", job.key).into());
+        }
+        progress(100);
+        self.objects
+            .entry(job.remote.to_owned())
+            .or_default()
+            .insert(job.key.to_owned(), 100);
+        self.log
+            .push(format!("upload {} {}", job.remote, job.snapshot.0));
+        Ok(100)
+    }
+
+    async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError> {
+        let objects = self.objects.entry(remote.to_owned()).or_default();
+        for key in keys {
+            if objects.remove(key).is_none() {
+                return Err(format!("no object {key} in {remote}").into());
+            }
+            self.log.push(format!("delete {remote} {key}"));
+        }
+        Ok(())
+    }
+}
