@@ -80,6 +80,18 @@ async fn run_async(
             };
         }
     };
+    if verbose {
+        for remote in &assessment.remotes {
+            eprintln!(
+                "btrfs2s3: listed remote {} (bucket {}): {} backup(s), {} other object(s), {} page(s)",
+                remote.id,
+                remote.bucket,
+                remote.backups.len(),
+                remote.foreign_objects,
+                remote.pages
+            );
+        }
+    }
     let plan = match plan::plan(&assessment) {
         Ok(plan) => plan,
         Err(error) => {

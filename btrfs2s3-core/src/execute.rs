@@ -7,8 +7,8 @@
 //!   fails, this one is skipped (its object would be a broken chain);
 //! - deletes in a remote for a source are skipped when an upload of that source to that
 //!   remote failed: the backups the plan deletes may be the ones the failed upload replaces;
-//! - snapshots are destroyed only when no upload of the plan uses them (the planner
-//!   guarantees it; the executor checks again).
+//! - a snapshot an upload sends (or sends against) is destroyed only if that upload
+//!   succeeded; otherwise it stays for the next run's retry.
 //!
 //! The next run plans the skipped and failed work again.
 
@@ -155,19 +155,7 @@ pub async fn execute<W: World>(plan: &Plan, world: &mut W, observer: &dyn Observ
         names: HashMap::new(),
         missing_uploads: BTreeSet::new(),
         failed_pairs: BTreeSet::new(),
-        needed_snapshots: plan
-            .actions
-            .iter()
-            .flat_map(|action| match action {
-                Action::Upload {
-                    snapshot,
-                    send_parent,
-                    ..
-                } => vec![Some(snapshot.uuid), send_parent.as_ref().map(|p| p.uuid)],
-                _ => Vec::new(),
-            })
-            .flatten()
-            .collect(),
+        unfinished_needs: BTreeSet::new(),
     };
     let mut deletes: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
     for action in &plan.actions {
@@ -205,8 +193,8 @@ struct Executor<'a, W> {
     missing_uploads: BTreeSet<(String, Uuid)>,
     /// (remote, source) pairs with an upload that did not happen.
     failed_pairs: BTreeSet<(String, PathBuf)>,
-    /// Snapshots some upload of the plan sends or sends against.
-    needed_snapshots: BTreeSet<Uuid>,
+    /// Snapshots that an upload which did not succeed sends or sends against.
+    unfinished_needs: BTreeSet<Uuid>,
 }
 
 impl<W: World> Executor<'_, W> {
@@ -277,15 +265,18 @@ impl<W: World> Executor<'_, W> {
         if !matches!(result, ActionResult::Done { .. }) {
             self.missing_uploads.insert((remote.clone(), snapshot.uuid));
             self.failed_pairs.insert((remote.clone(), source.clone()));
+            self.unfinished_needs.insert(snapshot.uuid);
+            self.unfinished_needs
+                .extend(send_parent.as_ref().map(|p| p.uuid));
         }
         result
     }
 
     fn destroy(&mut self, action: &Action, snapshot: &SnapshotRef) -> ActionResult {
-        if self.needed_snapshots.contains(&snapshot.uuid) {
-            return ActionResult::Failed {
-                error: format!(
-                    "refusing to destroy {}: an upload of this plan uses it",
+        if self.unfinished_needs.contains(&snapshot.uuid) {
+            return ActionResult::Skipped {
+                reason: format!(
+                    "an upload that uses {} did not succeed; it stays for the retry",
                     snapshot.name
                 ),
             };
@@ -491,37 +482,68 @@ mod tests {
     }
 
     #[test]
-    fn the_executor_refuses_to_destroy_a_snapshot_an_upload_needs() {
-        let mut world = history();
-        let mut plan = plan(&world.assessment()).unwrap();
-        let needed = plan
+    fn a_snapshot_an_unfinished_upload_needs_is_kept() {
+        // The policy no longer keeps the yearly snapshot (now is years later), but the new
+        // most recent snapshot's backup is a differential against it: the plan uploads,
+        // then destroys it.
+        let mut world = FakeWorld::new("UTC", "2030-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y")]);
+        world.add_snapshot(
+            0,
+            "home.2026-01-02T00:00:00+00:00.100",
+            1,
+            "2026-01-02T00:00:00Z",
+            100,
+        );
+        world.add_backup(0, "aws", 1, None);
+        world.add_snapshot(0, "home.NEW.2", 2, "2026-03-08T11:00:00Z", 300);
+        let plan = plan(&world.assessment()).unwrap();
+        let parent_destroyed = plan
             .actions
             .iter()
-            .find_map(|a| match a {
-                Action::Upload { snapshot, .. } => Some(snapshot.clone()),
+            .any(|a| matches!(a, Action::Destroy { snapshot } if snapshot.id == 1));
+        let uploads_against_it = plan.actions.iter().any(
+            |a| matches!(a, Action::Upload { send_parent: Some(parent), .. } if parent.id == 1),
+        );
+        assert!(parent_destroyed && uploads_against_it, "{:?}", plan.actions);
+
+        // The upload fails: the parent stays for the retry.
+        let mut failing = world.clone();
+        failing
+            .failing_keys
+            .extend(plan.actions.iter().filter_map(|a| match a {
+                Action::Upload { key, .. } => Some(key.clone()),
                 _ => None,
-            })
-            .unwrap();
-        plan.actions.push(Action::Destroy {
-            snapshot: needed.clone(),
-        });
+            }));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let outcome = runtime.block_on(execute(&plan, &mut world, &Silent));
+        let outcome = runtime.block_on(execute(&plan, &mut failing, &Silent));
         let (_, result) = outcome
             .results
             .iter()
-            .find(|(a, _)| {
-                *a == Action::Destroy {
-                    snapshot: needed.clone(),
-                }
-            })
+            .find(|(a, _)| matches!(a, Action::Destroy { .. }))
             .unwrap();
         assert!(
-            matches!(result, ActionResult::Failed { error } if error.contains("refusing")),
+            matches!(result, ActionResult::Skipped { reason } if reason.contains("retry")),
             "{result:?}"
         );
-        assert!(!world.log.contains(&format!("destroy {}", needed.name)));
+        assert!(!failing.log.iter().any(|l| l.starts_with("destroy")));
+
+        // The upload succeeds: the parent goes after it, its backup stays as an ancestor.
+        let outcome = runtime.block_on(execute(&plan, &mut world, &Silent));
+        assert!(outcome.succeeded(), "{outcome:?}");
+        let upload = world
+            .log
+            .iter()
+            .position(|l| l.starts_with("upload"))
+            .unwrap();
+        let destroy = world
+            .log
+            .iter()
+            .position(|l| l.starts_with("destroy"))
+            .unwrap();
+        assert!(upload < destroy);
+        assert!(!crate::plan::plan(&world.assessment()).unwrap().has_work());
     }
 }

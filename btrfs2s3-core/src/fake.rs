@@ -183,6 +183,7 @@ impl FakeWorld {
                     bucket: format!("bucket-{remote}"),
                     backups,
                     foreign_objects,
+                    pages: 1,
                 }
             })
             .collect();

@@ -99,6 +99,8 @@ pub struct RemoteState {
     pub backups: Vec<BackupState>,
     /// How many objects are not ours.
     pub foreign_objects: usize,
+    /// How many `ListObjectsV2` pages the listing took.
+    pub pages: u32,
 }
 
 /// One backup object.
@@ -608,7 +610,7 @@ impl Builder<'_> {
     }
 
     fn finish(self, assessment: &Assessment) -> Result<Plan, PlanError> {
-        check_invariants(&self.uploads, &self.destroys, &self.deletes, &self.backups)?;
+        check_invariants(&self.deletes, &self.backups)?;
         let foreign_objects = assessment
             .remotes
             .iter()
@@ -634,36 +636,14 @@ impl Builder<'_> {
     }
 }
 
-/// The safety rules, checked on the finished plan: no snapshot an upload needs is
-/// destroyed, and no backup a kept backup depends on is deleted.
-fn check_invariants(
-    uploads: &[Action],
-    destroys: &[Action],
-    deletes: &[Action],
-    backups: &[PlannedBackup],
-) -> Result<(), PlanError> {
-    let needed: BTreeSet<Uuid> = uploads
-        .iter()
-        .flat_map(|action| match action {
-            Action::Upload {
-                snapshot,
-                send_parent,
-                ..
-            } => vec![Some(snapshot.uuid), send_parent.as_ref().map(|p| p.uuid)],
-            _ => Vec::new(),
-        })
-        .flatten()
-        .collect();
-    for action in destroys {
-        if let Action::Destroy { snapshot } = action
-            && needed.contains(&snapshot.uuid)
-        {
-            return Err(PlanError(format!(
-                "snapshot {} is needed by an upload but planned to be destroyed",
-                snapshot.name
-            )));
-        }
-    }
+/// The safety rule, checked on the finished plan: no backup that a kept backup depends on
+/// is deleted.
+///
+/// A snapshot may be destroyed although an upload of the same plan sends against it (when
+/// the policy no longer keeps it, but the new most recent snapshot's backup is a
+/// differential against it): uploads run before destroys, and the executor keeps the
+/// snapshot if that upload does not succeed.
+fn check_invariants(deletes: &[Action], backups: &[PlannedBackup]) -> Result<(), PlanError> {
     let depended_on: BTreeSet<(&str, Uuid)> = backups
         .iter()
         .filter(|backup| backup.keep.is_some())

@@ -200,6 +200,7 @@ async fn list_remotes(
                 })
                 .collect(),
             foreign_objects: listing.foreign.len(),
+            pages: listing.pages,
         });
         clients.insert(remote.id.clone(), client);
     }

@@ -1,0 +1,256 @@
+//! Helpers for the end-to-end tests: a source subvolume with a snapshot directory, buckets
+//! on the test S3 servers, a config file, and the real `btrfs2s3` binary.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use btrfs2s3_s3::{Remote, RemoteConfig, Secret};
+use btrfs2s3_tests::{S3Server, TestEnv, unique_name};
+
+/// The `btrfs2s3` binary, built if needed (plain `cargo test -p btrfs2s3-tests` does not
+/// build other packages' binaries).
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "btrfs2s3-cli"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building btrfs2s3 failed");
+        // target/debug/deps/<test> -> target/debug/btrfs2s3
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("in target/<profile>/deps")
+            .join("btrfs2s3")
+    })
+}
+
+/// Runs a shell-free command and insists on success.
+pub fn run(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A test setup: `dir/source` (a subvolume), `dir/snapshots`, buckets, a config.
+pub struct Fixture {
+    pub env: &'static TestEnv,
+    pub dir: PathBuf,
+    pub source: PathBuf,
+    pub snapshots: PathBuf,
+    pub config: PathBuf,
+    pub remotes: Vec<(String, &'static S3Server, String)>,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    /// A fixture with one source; `servers` name the S3 servers of the environment to use,
+    /// each as a remote with a new bucket.
+    pub fn new(env: &'static TestEnv, test: &str, servers: &[&str]) -> Fixture {
+        let dir = env.btrfs.join(unique_name(test));
+        std::fs::create_dir(&dir).unwrap();
+        let source = dir.join("source");
+        run(Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(&source));
+        let snapshots = dir.join("snapshots");
+        std::fs::create_dir(&snapshots).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let remotes = servers
+            .iter()
+            .map(|name| {
+                let server = env
+                    .s3
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .expect("a server of the environment");
+                let bucket = unique_name("e2e");
+                let remote = runtime
+                    .block_on(Remote::connect(&remote_config(server, &bucket)))
+                    .unwrap();
+                runtime
+                    .block_on(remote.sdk_client().create_bucket().bucket(&bucket).send())
+                    .unwrap();
+                ((*name).to_owned(), server, bucket)
+            })
+            .collect();
+        let fixture = Fixture {
+            env,
+            config: dir.join("config.yaml"),
+            dir,
+            source,
+            snapshots,
+            remotes,
+            runtime,
+        };
+        fixture.write_config("1y 1m 1d", &[]);
+        fixture
+    }
+
+    /// The YAML of the `remotes:` section.
+    pub fn remotes_yaml(&self) -> String {
+        let mut yaml = String::from("remotes:\n");
+        for (id, server, bucket) in &self.remotes {
+            let _ = write!(
+                yaml,
+                "  - id: {id}\n    s3:\n      bucket: {bucket}\n      endpoint:\n        endpoint_url: {}\n        region_name: {}\n        aws_access_key_id: {}\n        aws_secret_access_key: {}\n",
+                server.endpoint, server.region, server.access_key_id, server.secret_access_key
+            );
+        }
+        yaml
+    }
+
+    /// Writes a config with one source uploading to every remote with `preserve`, through
+    /// `pipe_through`.
+    pub fn write_config(&self, preserve: &str, pipe_through: &[&[&str]]) {
+        let mut yaml = format!(
+            "timezone: Europe/Berlin\nsources:\n  - path: {}\n    snapshots: {}\n    upload_to_remotes:\n",
+            self.source.display(),
+            self.snapshots.display()
+        );
+        for (id, _, _) in &self.remotes {
+            let _ = write!(yaml, "      - id: {id}\n        preserve: {preserve}\n");
+            if !pipe_through.is_empty() {
+                yaml.push_str("        pipe_through:\n");
+                for command in pipe_through {
+                    let _ = writeln!(yaml, "          - [{}]", command.join(", "));
+                }
+            }
+        }
+        yaml.push_str(&self.remotes_yaml());
+        self.write_raw_config(&yaml);
+    }
+
+    pub fn write_raw_config(&self, yaml: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&self.config, yaml).unwrap();
+        std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Runs `btrfs2s3 <args> <config>`.
+    pub fn btrfs2s3(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .arg(&self.config)
+            .output()
+            .expect("btrfs2s3 runs")
+    }
+
+    /// Runs `btrfs2s3 update --force <extra> <config>` and insists on success.
+    pub fn update(&self, extra: &[&str]) -> String {
+        let mut args = vec!["update", "--force"];
+        args.extend_from_slice(extra);
+        let output = self.btrfs2s3(&args);
+        assert!(
+            output.status.success(),
+            "update failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Writes a file into the source and commits it.
+    pub fn write(&self, name: &str, contents: &[u8]) {
+        std::fs::write(self.source.join(name), contents).unwrap();
+        run(Command::new("btrfs")
+            .args(["filesystem", "sync"])
+            .arg(&self.source));
+    }
+
+    /// The names in the snapshot directory.
+    pub fn snapshot_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A connection to remote `index`.
+    pub fn remote(&self, index: usize) -> Remote {
+        let (_, server, bucket) = &self.remotes[index];
+        self.runtime
+            .block_on(Remote::connect(&remote_config(server, bucket)))
+            .unwrap()
+    }
+
+    /// Every key in remote `index`, sorted.
+    pub fn keys(&self, index: usize) -> Vec<String> {
+        let listing = self.runtime.block_on(self.remote(index).list()).unwrap();
+        let mut keys: Vec<String> = listing
+            .backups
+            .iter()
+            .map(|b| b.object.key.clone())
+            .chain(listing.foreign.iter().map(|o| o.key.clone()))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The object's bytes.
+    pub fn download(&self, index: usize, key: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.runtime
+            .block_on(self.remote(index).download(key, &mut bytes, &|_| {}))
+            .unwrap();
+        bytes
+    }
+
+    /// Puts an object directly.
+    pub fn put(&self, index: usize, key: &str, body: &[u8]) {
+        let remote = self.remote(index);
+        self.runtime
+            .block_on(
+                remote
+                    .sdk_client()
+                    .put_object()
+                    .bucket(remote.bucket())
+                    .key(key)
+                    .body(body.to_vec().into())
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// Receives a stream file with `btrfs receive` into a fresh directory of the second
+    /// filesystem; returns that directory.
+    pub fn receive(&self, streams: &[&[u8]]) -> PathBuf {
+        let target = self.env.btrfs_receive.join(unique_name("receive"));
+        std::fs::create_dir(&target).unwrap();
+        for (n, stream) in streams.iter().enumerate() {
+            let file = target.join(format!(".stream-{n}"));
+            std::fs::write(&file, stream).unwrap();
+            run(Command::new("btrfs")
+                .args(["receive", "-f"])
+                .arg(&file)
+                .arg(&target));
+            std::fs::remove_file(&file).unwrap();
+        }
+        target
+    }
+}
+
+pub fn remote_config(server: &S3Server, bucket: &str) -> RemoteConfig {
+    RemoteConfig {
+        endpoint_url: Some(server.endpoint.clone()),
+        region: Some(server.region.clone()),
+        access_key_id: Some(server.access_key_id.clone()),
+        secret_access_key: Some(Secret::new(server.secret_access_key.clone())),
+        ..RemoteConfig::new(bucket)
+    }
+}
