@@ -575,7 +575,10 @@ impl Builder<'_> {
         source: &SourceState,
         kept_snapshots: &mut BTreeMap<Uuid, KeepSummary>,
     ) {
-        for snapshot in &source.snapshots {
+        // Oldest first, as the Python tool shows them.
+        let mut ordered: Vec<&SnapshotState> = source.snapshots.iter().collect();
+        ordered.sort_by_key(|snapshot| (snapshot.ctransid, snapshot.ctime, snapshot.uuid));
+        for snapshot in ordered {
             let keep = kept_snapshots.remove(&snapshot.uuid);
             let target_name =
                 snapshot_name(&source.name, snapshot.ctime, snapshot.ctransid, self.tz);

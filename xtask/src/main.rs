@@ -17,6 +17,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod testenv;
 mod tools;
 
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("integration") => integration(),
         Some("shell") => shell(),
-        Some("demo") => demo(),
+        Some("demo") => demo::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
@@ -104,10 +105,6 @@ fn shell() -> Result<()> {
     // The shell's exit status is the user's business.
     let _ = env.apply(&mut std::process::Command::new(shell)).status();
     Ok(())
-}
-
-fn demo() -> Result<()> {
-    Err("the demo arrives with the `update` command".into())
 }
 
 #[cfg(test)]
