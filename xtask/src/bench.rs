@@ -1,6 +1,14 @@
 //! `cargo xtask bench`: measurements reported as ratios against a baseline measured in the
 //! same run, because absolute figures on a shared two-core machine are noise.
 
+// Measurements are floats for statistics and integers for counting; the conversions are
+// between byte counts far below 2^52 and durations, where precision loss cannot matter.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
