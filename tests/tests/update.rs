@@ -537,3 +537,62 @@ fn bad_configs_exit_2_and_change_nothing() {
         "--force and --pretend conflict"
     );
 }
+
+/// Runs `btrfs2s3 update CONFIG` in a pseudo-terminal (through `script`), typing `answer`.
+fn interactive_update(fixture: &Fixture, answer: &str) -> (std::process::ExitStatus, String) {
+    let command_line = format!(
+        "{} update {}",
+        support::binary().display(),
+        fixture.config.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &command_line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = script.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, answer.as_bytes()).unwrap();
+    let output = script.wait_with_output().unwrap();
+    drop(stdin);
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_prompt_continues_stops_or_undoes() {
+    let Some(env) = TestEnv::get("the_prompt_continues_stops_or_undoes") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "prompt", &["moto"]);
+    fixture.write("f", b"data");
+
+    // "u": the snapshot just taken is destroyed again, nothing is uploaded.
+    let (status, out) = interactive_update(&fixture, "u\n");
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("continue? (y)es, (n)o, (u)ndo the new snapshots"),
+        "{out}"
+    );
+    assert!(fixture.snapshot_names().is_empty(), "undone: {out}");
+    assert!(fixture.keys(0).is_empty());
+
+    // "n": the snapshot stays (the next run adopts it), nothing else happens.
+    let (status, out) = interactive_update(&fixture, "n\n");
+    assert!(status.success(), "{out}");
+    let names = fixture.snapshot_names();
+    assert_eq!(names.len(), 1);
+    assert!(names[0].contains(".NEW."), "not renamed: {names:?}");
+    assert!(fixture.keys(0).is_empty());
+
+    // An unknown answer asks again; "y" goes ahead. No new snapshot this time, so the
+    // question has no undo.
+    let (status, out) = interactive_update(&fixture, "maybe\ny\n");
+    assert!(status.success(), "{out}");
+    assert_eq!(out.matches("continue? (y)es, (n)o: ").count(), 2, "{out}");
+    assert_eq!(fixture.keys(0).len(), 1);
+    assert!(!fixture.snapshot_names()[0].contains(".NEW."));
+}
