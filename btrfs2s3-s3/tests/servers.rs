@@ -560,6 +560,27 @@ async fn storage_class_and_object_lock_are_set_on_upload() {
                 server.name
             );
         }
+        if !server.object_lock {
+            // A server without object lock must not leave the user believing a backup is
+            // immutable: the upload reports it.
+            let options = UploadOptions {
+                object_lock: Some(ObjectLock {
+                    mode: LockMode::Compliance,
+                    retain_until,
+                }),
+                ..UploadOptions::default()
+            };
+            let error = remote
+                .upload("locked", &mut &b"data"[..], &options, &no_progress)
+                .await
+                .unwrap_err();
+            let message = report(&error);
+            assert!(
+                message.contains("object-lock retention") && message.contains("locked"),
+                "{}: {message}",
+                server.name
+            );
+        }
     }
 }
 
