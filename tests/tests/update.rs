@@ -417,6 +417,19 @@ fn the_json_plan_has_the_actions_of_the_preview() {
         }
     }
     assert_eq!(json["plan"]["now"], "2029-02-03T04:05:06Z");
+
+    // Executed with --json: the plan and the outcome of each of its actions.
+    let output = fixture.btrfs2s3(&["update", "--force", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let planned = json["plan"]["actions"].as_array().unwrap();
+    let results = json["outcome"]["results"].as_array().unwrap();
+    assert!(!planned.is_empty());
+    assert_eq!(planned.len(), results.len());
+    assert!(
+        results.iter().all(|r| r[1]["result"] == "done"),
+        "{results:?}"
+    );
 }
 
 #[test]
