@@ -116,6 +116,25 @@ async fn pending_multipart_uploads(remote: &Remote) -> usize {
     uploads.uploads().len()
 }
 
+/// Puts an empty object under each key, 20 at a time.
+async fn put_empty_objects(remote: &Remote, keys: &[String]) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in keys.chunks(keys.len().div_ceil(20).max(1)) {
+        let (client, bucket, chunk) = (
+            remote.sdk_client().clone(),
+            remote.bucket().to_owned(),
+            chunk.to_vec(),
+        );
+        tasks.spawn(async move {
+            for key in chunk {
+                let put = client.put_object().bucket(&bucket).key(&key);
+                put.body(Vec::new().into()).send().await.unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
+}
+
 fn servers(test: &str) -> &'static [S3Server] {
     TestEnv::get(test).map_or(&[], |env| env.s3.as_slice())
 }
@@ -137,25 +156,7 @@ async fn listing_pages_through_thousands_and_keeps_foreign_keys_apart() {
         let remote = new_bucket(server, false).await;
         let mut keys: Vec<String> = (1..=1100).map(backup_key).collect();
         keys.extend((0..400).map(|n| format!("unrelated/file-{n}.txt")));
-        let client = remote.sdk_client();
-        let mut tasks = tokio::task::JoinSet::new();
-        for chunk in keys.chunks(50) {
-            let (client, bucket, chunk) =
-                (client.clone(), remote.bucket().to_owned(), chunk.to_vec());
-            tasks.spawn(async move {
-                for key in chunk {
-                    client
-                        .put_object()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .body(Vec::new().into())
-                        .send()
-                        .await
-                        .unwrap();
-                }
-            });
-        }
-        tasks.join_all().await;
+        put_empty_objects(&remote, &keys).await;
 
         let listing = remote.list().await.unwrap();
         assert_eq!(
@@ -397,26 +398,9 @@ async fn delete_removes_1500_keys_and_checks_each() {
     for server in servers("delete_removes_1500_keys_and_checks_each") {
         let remote = new_bucket(server, false).await;
         let keys: Vec<String> = (0..1500).map(|n| format!("delete/{n}")).collect();
-        let client = remote.sdk_client();
-        let mut tasks = tokio::task::JoinSet::new();
-        for chunk in keys.chunks(50) {
-            let (client, bucket, chunk) =
-                (client.clone(), remote.bucket().to_owned(), chunk.to_vec());
-            tasks.spawn(async move {
-                for key in chunk {
-                    client
-                        .put_object()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .body(Vec::new().into())
-                        .send()
-                        .await
-                        .unwrap();
-                }
-            });
-        }
-        tasks.join_all().await;
-        client
+        put_empty_objects(&remote, &keys).await;
+        remote
+            .sdk_client()
             .put_object()
             .bucket(remote.bucket())
             .key("keep-me")
