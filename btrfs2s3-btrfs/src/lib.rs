@@ -382,7 +382,7 @@ impl AsFd for Subvolume {
     }
 }
 
-/// A read-only snapshot found in a snapshot directory.
+/// A subvolume found in a directory: a snapshot, a received subvolume...
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Its name in the directory.
@@ -437,9 +437,9 @@ impl SnapshotDir {
         }
     }
 
-    /// Every read-only subvolume directly inside the directory that is a snapshot of
-    /// something. Anything else (files, directories, writable subvolumes) is ignored.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+    /// Every subvolume directly inside the directory, sorted by name. Anything else (files,
+    /// plain directories, symlinks) is ignored.
+    pub fn subvolumes(&self) -> Result<Vec<Snapshot>> {
         // A new open file description: a duplicate descriptor would share the directory
         // offset, and a second listing would start where the first one ended.
         let fresh = open_directory(Some(self.fd.as_fd()), Path::new("."), &self.path)?;
@@ -474,14 +474,21 @@ impl SnapshotDir {
                 continue;
             }
             let info = subvolume_info(fd.as_fd(), &full_path)?;
-            if info.is_read_only() && info.parent_uuid.is_some() {
-                snapshots.push(Snapshot {
-                    name: name.to_os_string(),
-                    info,
-                });
-            }
+            snapshots.push(Snapshot {
+                name: name.to_os_string(),
+                info,
+            });
         }
         snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(snapshots)
+    }
+
+    /// Every read-only subvolume directly inside the directory that is a snapshot of
+    /// something. Anything else (files, directories, writable subvolumes) is ignored.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut snapshots = self.subvolumes()?;
+        snapshots
+            .retain(|snapshot| snapshot.info.is_read_only() && snapshot.info.parent_uuid.is_some());
         Ok(snapshots)
     }
 

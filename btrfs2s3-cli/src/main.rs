@@ -14,6 +14,7 @@
 
 mod output;
 mod progress;
+mod remotes;
 mod update;
 
 use std::path::PathBuf;
@@ -51,6 +52,13 @@ enum Command {
     /// One backup cycle: snapshot what changed, upload new backups, delete what the policy
     /// no longer keeps.
     Update(UpdateArgs),
+    /// Show every backup of the remote(s) as a tree per source.
+    List(remotes::ListArgs),
+    /// Receive backups into a btrfs filesystem, parents first.
+    Restore(remotes::RestoreArgs),
+    /// Check that backups are intact: every stream parses and its checksums match, and every
+    /// chain is complete.
+    Verify(remotes::VerifyArgs),
 }
 
 /// Arguments of `update`.
@@ -94,6 +102,9 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Update(args) => update::run(&args, cli.verbose),
+        Command::List(args) => remotes::list(&args),
+        Command::Restore(args) => remotes::restore(&args),
+        Command::Verify(args) => remotes::verify(&args),
     };
     ExitCode::from(code)
 }

@@ -28,7 +28,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Lays out rows in columns separated by two spaces.
-fn table(rows: &[Vec<String>], indent: &str) -> String {
+pub fn table(rows: &[Vec<String>], indent: &str) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

@@ -41,14 +41,14 @@ impl Progress {
     }
 }
 
-impl Observer for Progress {
-    fn started(&self, action: &Action) {
+impl Progress {
+    /// A step starts; a transfer gets a progress bar (on a terminal).
+    pub fn begin(&self, label: &str, transfer: bool) {
         if let Ok(mut started) = self.started.lock() {
             *started = Some(Instant::now());
         }
         self.logged_gib.store(0, Ordering::Relaxed);
-        let is_upload = matches!(action, Action::Upload { .. });
-        if self.terminal && is_upload {
+        if self.terminal && transfer {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template(
@@ -56,26 +56,28 @@ impl Observer for Progress {
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            bar.set_message(describe_action(action));
+            bar.set_message(label.to_owned());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             if let Ok(mut slot) = self.bar.lock() {
                 *slot = Some(bar);
             }
         } else {
-            eprintln!("{} ...", describe_action(action));
+            eprintln!("{label} ...");
         }
     }
 
-    fn progress(&self, total: u64) {
+    /// A transfer has moved this many bytes so far.
+    pub fn advance(&self, total: u64) {
         if let Some(bar) = self.bar.lock().ok().and_then(|bar| bar.clone()) {
             bar.set_position(total);
         } else if total / GIB > self.logged_gib.load(Ordering::Relaxed) {
             self.logged_gib.store(total / GIB, Ordering::Relaxed);
-            eprintln!("  ... {} uploaded", bytes(total));
+            eprintln!("  ... {} transferred", bytes(total));
         }
     }
 
-    fn finished(&self, action: &Action, result: &ActionResult) {
+    /// A step ended with `outcome`.
+    pub fn end(&self, label: &str, outcome: &str, transfer: bool) {
         let seconds = self
             .started
             .lock()
@@ -85,11 +87,28 @@ impl Observer for Progress {
         if let Some(bar) = self.bar.lock().ok().and_then(|mut bar| bar.take()) {
             bar.finish_and_clear();
         }
-        let line = format!("{}: {}", describe_action(action), describe_result(result));
-        if matches!(action, Action::Upload { .. }) {
-            eprintln!("{line} in {seconds:.1} s");
+        if transfer {
+            eprintln!("{label}: {outcome} in {seconds:.1} s");
         } else {
-            eprintln!("{line}");
+            eprintln!("{label}: {outcome}");
         }
+    }
+}
+
+impl Observer for Progress {
+    fn started(&self, action: &Action) {
+        self.begin(
+            &describe_action(action),
+            matches!(action, Action::Upload { .. }),
+        );
+    }
+
+    fn progress(&self, total: u64) {
+        self.advance(total);
+    }
+
+    fn finished(&self, action: &Action, result: &ActionResult) {
+        let transfer = matches!(action, Action::Upload { .. });
+        self.end(&describe_action(action), &describe_result(result), transfer);
     }
 }

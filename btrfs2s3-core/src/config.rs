@@ -112,6 +112,29 @@ struct RawConfig {
     remotes: Spanned<Vec<RawRemote>>,
 }
 
+/// A config read only for its remotes (`list`, `restore`, `verify`): the sources are not
+/// looked at (their paths may not exist on the machine doing a restore), and the time zone
+/// may be left out (UTC then).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemotesConfig {
+    #[serde(default)]
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    #[allow(dead_code)] // present in full configs; deliberately not read
+    sources: Option<serde::de::IgnoredAny>,
+    remotes: Spanned<Vec<RawRemote>>,
+}
+
+/// What a command needs from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Everything (`update`).
+    Everything,
+    /// Only the remotes and the time zone (`list`, `restore`, `verify`).
+    RemotesOnly,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
@@ -179,6 +202,11 @@ enum RawVerify {
 
 /// Loads and validates the config at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_for(path, Needs::Everything)
+}
+
+/// Loads and validates what `needs` asks for of the config at `path`.
+pub fn load_for(path: &Path, needs: Needs) -> Result<Config, ConfigError> {
     let error = |message: String| ConfigError {
         path: path.to_path_buf(),
         position: None,
@@ -208,7 +236,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: "the file is not valid UTF-8".to_owned(),
         }
     })?;
-    let mut config = parse(path, &text)?;
+    let mut config = parse_for(path, &text, needs)?;
     if has_secrets(&config) {
         use std::os::unix::fs::PermissionsExt;
         let mode = metadata.permissions().mode();
@@ -233,14 +261,61 @@ fn has_secrets(config: &Config) -> bool {
 
 /// Parses and validates config text; `path` is only used in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_for(path, text, Needs::Everything)
+}
+
+/// Parses and validates what `needs` asks for of config text.
+pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, ConfigError> {
     let at = |location: &serde_saphyr::Location, message: String| ConfigError {
         path: path.to_path_buf(),
         position: Some((location.line(), location.column())),
         message,
     };
+    let (timezone, raw_sources, raw_remotes) = match needs {
+        Needs::Everything => {
+            let raw: RawConfig = deserialize(path, text)?;
+            (Some(raw.timezone), Some(raw.sources), raw.remotes)
+        }
+        Needs::RemotesOnly => {
+            let raw: RawRemotesConfig = deserialize(path, text)?;
+            (raw.timezone, None, raw.remotes)
+        }
+    };
+    let (timezone_name, timezone) = match timezone {
+        Some(name) => {
+            let timezone = TimeZone::get(&name.value).map_err(|_| {
+                at(
+                    &name.referenced,
+                    format!(
+                        "timezone: unknown time zone {:?} (expected an IANA name like \"Europe/Berlin\")",
+                        name.value
+                    ),
+                )
+            })?;
+            (name.value, timezone)
+        }
+        None => ("UTC".to_owned(), TimeZone::UTC),
+    };
+    let (remotes, remote_ids) = parse_remotes(raw_remotes, &at)?;
+    let sources = match raw_sources {
+        Some(raw_sources) => parse_sources(raw_sources, &remote_ids, &at)?,
+        None => Vec::new(),
+    };
+    Ok(Config {
+        path: path.to_path_buf(),
+        timezone_name,
+        timezone,
+        sources,
+        remotes,
+        warnings: Vec::new(),
+    })
+}
+
+/// The YAML into `T`, with serde-saphyr's errors turned into ours.
+fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<T, ConfigError> {
     let mut options = serde_saphyr::options::Options::default();
     options.with_snippet = false;
-    let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let position = e.location().map(|l| (l.line(), l.column()));
         let mut message = e.to_string();
         if let Some((line, column)) = position {
@@ -257,26 +332,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             position,
             message,
         }
-    })?;
-
-    let timezone_name = raw.timezone.value.clone();
-    let timezone = TimeZone::get(&timezone_name).map_err(|_| {
-        at(
-            &raw.timezone.referenced,
-            format!("timezone: unknown time zone {timezone_name:?} (expected an IANA name like \"Europe/Berlin\")"),
-        )
-    })?;
-
-    let (remotes, remote_ids) = parse_remotes(raw.remotes, &at)?;
-    let sources = parse_sources(raw.sources, &remote_ids, &at)?;
-
-    Ok(Config {
-        path: path.to_path_buf(),
-        timezone_name,
-        timezone,
-        sources,
-        remotes,
-        warnings: Vec::new(),
     })
 }
 
@@ -785,6 +840,30 @@ remotes:
             }
             check_error(from, to, *position, fragment);
         }
+    }
+
+    #[test]
+    fn remotes_only_configs_need_no_sources() {
+        let text = "remotes:\n  - id: a\n    s3:\n      bucket: b\n";
+        let config = parse_for(Path::new("c.yaml"), text, Needs::RemotesOnly).unwrap();
+        assert_eq!(config.timezone_name, "UTC");
+        assert!(config.sources.is_empty());
+        assert_eq!(config.remote("a").unwrap().s3.bucket, "b");
+        // A full config is fine too; its sources are not looked at.
+        let full = PYTHON_CONFIG.replace("preserve: 1y 3m 30d 24h", "preserve: nonsense");
+        let config = parse_for(Path::new("c.yaml"), &full, Needs::RemotesOnly).unwrap();
+        assert_eq!(config.timezone_name, "America/Los_Angeles");
+        assert_eq!(config.remotes.len(), 2);
+        // The remotes are still checked.
+        let error =
+            parse_for(Path::new("c.yaml"), "remotes: []\n", Needs::RemotesOnly).unwrap_err();
+        assert!(
+            error.message.contains("remotes: the list is empty"),
+            "{error}"
+        );
+        // Everything needs the sources.
+        let error = parse(Path::new("c.yaml"), text).unwrap_err();
+        assert!(error.message.contains("missing field"), "{error}");
     }
 
     #[test]

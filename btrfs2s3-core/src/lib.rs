@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod config;
 pub mod execute;
 #[cfg(test)]
@@ -15,4 +16,5 @@ mod fake;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;
+pub mod restore;
 pub mod update;

@@ -1,28 +1,32 @@
-//! One upload: `btrfs send [-p parent] | pipe_through... | S3`.
+//! Streams between btrfs, commands and S3, both ways:
 //!
-//! The send runs in a blocking thread writing into a pipe; the `pipe_through` commands run as
-//! child processes (no shell) chained by pipes; the last output streams into a staged upload.
-//! The object appears only when the send and every command exited successfully: otherwise
-//! the staged upload is aborted, so a truncated stream never looks like a complete backup.
+//! - upload: `btrfs send [-p parent] | pipe_through... | S3`. The send runs in a blocking
+//!   thread writing into a pipe; the commands run as child processes (no shell) chained by
+//!   pipes; the last output streams into a staged upload. The object appears only when the
+//!   send and every command exited successfully: otherwise the staged upload is aborted, so a
+//!   truncated stream never looks like a complete backup.
+//! - download: `S3 | commands...`, for restore (`gunzip | btrfs receive DEST`) and verify
+//!   (`gunzip | btrfs receive --dump`). The object streams into the first command; every
+//!   command's exit status is checked.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
 use btrfs2s3_btrfs::SendOptions;
-use btrfs2s3_s3::{Remote, UploadOptions};
+use btrfs2s3_s3::{Remote, StagedUpload, UploadOptions};
 use snafu::Snafu;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
 /// How much of a command's standard error we keep for the error message.
 const STDERR_TAIL_BYTES: usize = 2048;
 
-/// Why an upload failed.
+/// Why a stream between btrfs, commands and S3 failed.
 #[derive(Debug, Snafu)]
 #[snafu(visibility(pub(crate)))]
-pub enum UploadError {
+pub enum PipelineError {
     /// A pipe could not be made.
     #[snafu(display("cannot create a pipe"))]
     Pipe {
@@ -30,8 +34,10 @@ pub enum UploadError {
         source: std::io::Error,
     },
     /// A command could not be started.
-    #[snafu(display("cannot start pipe_through command {}", CommandLine(command)))]
+    #[snafu(display("cannot start {role} {}", CommandLine(command)))]
     Spawn {
+        /// What the command is for (`pipe_through command`, `command`).
+        role: &'static str,
         /// The command.
         command: Vec<String>,
         /// The OS error.
@@ -44,12 +50,10 @@ pub enum UploadError {
         source: btrfs2s3_btrfs::Error,
     },
     /// A command exited unsuccessfully.
-    #[snafu(display(
-        "pipe_through command {} {status}{}",
-        CommandLine(command),
-        stderr_text(stderr)
-    ))]
+    #[snafu(display("{role} {} {status}{}", CommandLine(command), stderr_text(stderr)))]
     Command {
+        /// What the command is for.
+        role: &'static str,
         /// The command.
         command: Vec<String>,
         /// How it ended ("exited with status 1", "was killed by signal 9").
@@ -57,8 +61,8 @@ pub enum UploadError {
         /// The end of what it wrote to standard error.
         stderr: String,
     },
-    /// The upload itself failed.
-    #[snafu(display("the upload failed"))]
+    /// The transfer to or from S3 failed.
+    #[snafu(display("the transfer failed"))]
     Storage {
         /// The S3 error.
         source: btrfs2s3_s3::Error,
@@ -98,19 +102,131 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// A started `pipe_through` command.
+/// A started command.
 struct Running {
     command: Vec<String>,
     child: Child,
     stderr: JoinHandle<String>,
 }
 
-/// Where the end of the pipeline comes out.
-enum Output {
-    /// No commands: the send pipe itself.
-    SendPipe(OwnedFd),
-    /// The last command's standard output.
-    Command(ChildStdout),
+/// Commands started in a chain, each reading the previous one's output.
+struct Chain {
+    role: &'static str,
+    running: Vec<Running>,
+}
+
+impl Chain {
+    /// Starts `commands`; the first reads `first_stdin`, the last writes `last_stdout`. On
+    /// error, the commands started so far are in the chain (to be killed and waited for).
+    fn spawn(
+        role: &'static str,
+        commands: &[Vec<String>],
+        first_stdin: Stdio,
+        last_stdout: Stdio,
+    ) -> (Chain, Result<(), PipelineError>) {
+        let mut chain = Chain {
+            role,
+            running: Vec::new(),
+        };
+        let mut stdin = Some(first_stdin);
+        let mut last_stdout = Some(last_stdout);
+        for (n, command) in commands.iter().enumerate() {
+            let stdin = match stdin.take() {
+                Some(stdin) => stdin,
+                // The previous command's output.
+                None => match chain.running.last_mut().and_then(|r| r.child.stdout.take()) {
+                    Some(stdout) => match stdout.try_into() {
+                        Ok(previous_output) => previous_output,
+                        Err(source) => return (chain, Err(PipelineError::Pipe { source })),
+                    },
+                    None => Stdio::null(),
+                },
+            };
+            let stdout = if n + 1 == commands.len() {
+                last_stdout.take().unwrap_or_else(Stdio::null)
+            } else {
+                Stdio::piped()
+            };
+            let spawned = Command::new(&command[0])
+                .args(&command[1..])
+                .stdin(stdin)
+                .stdout(stdout)
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(source) => {
+                    let error = PipelineError::Spawn {
+                        role,
+                        command: command.clone(),
+                        source,
+                    };
+                    return (chain, Err(error));
+                }
+            };
+            let stderr = child.stderr.take();
+            let stderr = tokio::spawn(async move {
+                match stderr {
+                    Some(stderr) => read_tail(stderr).await,
+                    None => String::new(),
+                }
+            });
+            chain.running.push(Running {
+                command: command.clone(),
+                child,
+                stderr,
+            });
+        }
+        (chain, Ok(()))
+    }
+
+    fn first_stdin(&mut self) -> Option<ChildStdin> {
+        self.running.first_mut().and_then(|r| r.child.stdin.take())
+    }
+
+    fn last_stdout(&mut self) -> Option<ChildStdout> {
+        self.running.last_mut().and_then(|r| r.child.stdout.take())
+    }
+
+    /// Stops every command (when the transfer gave up: they would block on a pipe).
+    fn kill(&mut self) {
+        for running in &mut self.running {
+            let _ = running.child.start_kill();
+        }
+    }
+
+    /// Waits for every command; returns the one that failed first, as far as can be told:
+    /// a command that exited with a status of its own is preferred over one killed by
+    /// SIGPIPE (its reader died) or SIGKILL (we stopped it after another failure).
+    async fn wait(self) -> Option<PipelineError> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut failures = Vec::new();
+        for mut running in self.running {
+            let status = running.child.wait().await;
+            let stderr = running.stderr.await.unwrap_or_default();
+            let (rank, status) = match status {
+                Ok(status) if status.success() => continue,
+                Ok(status) => {
+                    let collateral = matches!(status.signal(), Some(libc_signal) if libc_signal == 9 || libc_signal == 13);
+                    (u8::from(collateral), describe_status(status))
+                }
+                Err(e) => (0, format!("could not be waited for: {e}")),
+            };
+            failures.push((
+                rank,
+                PipelineError::Command {
+                    role: self.role,
+                    command: running.command,
+                    status,
+                    stderr,
+                },
+            ));
+        }
+        // The sort is stable: among equals, the first command wins.
+        failures.sort_by_key(|(rank, _)| *rank);
+        failures.into_iter().next().map(|(_, failure)| failure)
+    }
 }
 
 /// Sends `snapshot` (against `options.parent`) through `pipe_through` into `key` of `remote`.
@@ -123,35 +239,62 @@ pub async fn upload_snapshot(
     pipe_through: &[Vec<String>],
     upload_options: &UploadOptions,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<u64, UploadError> {
-    let (read_end, write_end) = std::io::pipe().map_err(|source| UploadError::Pipe { source })?;
+) -> Result<u64, PipelineError> {
+    let (read_end, write_end) = std::io::pipe().map_err(|source| PipelineError::Pipe { source })?;
     let send = tokio::task::spawn_blocking(move || {
         let result = btrfs2s3_btrfs::send(&snapshot, &write_end, &options);
         // Closing the write end is the end of the stream for the reader.
         drop(write_end);
         result
     });
-    let (mut running, output) = spawn_commands(pipe_through, OwnedFd::from(read_end));
-    let staged = match output {
-        Ok(output) => stage(remote, key, output, upload_options, progress).await,
-        Err(error) => Err(error),
+    let (mut chain, staged) = if pipe_through.is_empty() {
+        let staged = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(read_end))
+        {
+            // Read the send pipe directly, without blocking the runtime.
+            Ok(mut pipe) => stage(remote, key, &mut pipe, upload_options, progress).await,
+            Err(source) => Err(PipelineError::Pipe { source }),
+        };
+        (
+            Chain {
+                role: "pipe_through command",
+                running: Vec::new(),
+            },
+            staged,
+        )
+    } else {
+        let (mut chain, started) = Chain::spawn(
+            "pipe_through command",
+            pipe_through,
+            Stdio::from(read_end),
+            Stdio::piped(),
+        );
+        let staged = match (started, chain.last_stdout()) {
+            (Ok(()), Some(mut stdout)) => {
+                stage(remote, key, &mut stdout, upload_options, progress).await
+            }
+            (Err(error), _) => Err(error),
+            (Ok(()), None) => Err(PipelineError::Internal {
+                message: "the last command has no output pipe".to_owned(),
+            }),
+        };
+        (chain, staged)
     };
-    // Stop the producers if the upload gave up early; they would block on a full pipe.
     if staged.is_err() {
-        for command in &mut running {
-            let _ = command.child.start_kill();
-        }
+        chain.kill();
     }
-    let send_result = send.await.map_err(|e| UploadError::Internal {
+    let send_result = send.await.map_err(|e| PipelineError::Internal {
         message: format!("the send thread failed: {e}"),
     })?;
-    let command_failure = wait_all(running).await;
+    let command_failure = chain.wait().await;
 
     // The upload failing (or a command not starting) is the error to report.
     let staged = staged?;
     // A command that failed is the cause of a broken pipe in `btrfs send`, so it goes first.
-    let failure =
-        command_failure.or_else(|| send_result.err().map(|source| UploadError::Send { source }));
+    let failure = command_failure.or_else(|| {
+        send_result
+            .err()
+            .map(|source| PipelineError::Send { source })
+    });
     if let Some(failure) = failure {
         // Best effort: the failure is what matters, and an abandoned staged upload is
         // aborted when dropped anyway.
@@ -161,112 +304,54 @@ pub async fn upload_snapshot(
     staged
         .complete()
         .await
-        .map_err(|source| UploadError::Storage { source })
+        .map_err(|source| PipelineError::Storage { source })
 }
 
-/// Starts the commands, each reading the previous one's output; the first reads `input`.
-fn spawn_commands(
-    pipe_through: &[Vec<String>],
-    input: OwnedFd,
-) -> (Vec<Running>, Result<Output, UploadError>) {
-    let mut running: Vec<Running> = Vec::new();
-    let mut output = Output::SendPipe(input);
-    for command in pipe_through {
-        let stdin = match output {
-            Output::SendPipe(fd) => Stdio::from(fd),
-            Output::Command(stdout) => match stdout.try_into() {
-                Ok(stdio) => stdio,
-                Err(source) => return (running, Err(UploadError::Pipe { source })),
-            },
-        };
-        let spawned = Command::new(&command[0])
-            .args(&command[1..])
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(source) => {
-                let error = UploadError::Spawn {
-                    command: command.clone(),
-                    source,
-                };
-                return (running, Err(error));
-            }
-        };
-        let stderr = child.stderr.take();
-        let stderr = tokio::spawn(async move {
-            match stderr {
-                Some(stderr) => read_tail(stderr).await,
-                None => String::new(),
-            }
-        });
-        let Some(stdout) = child.stdout.take() else {
-            return (
-                running,
-                Err(UploadError::Internal {
-                    message: format!("{} has no output pipe", CommandLine(command)),
-                }),
-            );
-        };
-        output = Output::Command(stdout);
-        running.push(Running {
-            command: command.clone(),
-            child,
-            stderr,
-        });
-    }
-    (running, Ok(output))
-}
-
-/// Stages the pipeline's output as an upload of `key`.
 async fn stage(
     remote: &Remote,
     key: &str,
-    output: Output,
+    reader: &mut (impl AsyncRead + Unpin),
     upload_options: &UploadOptions,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<btrfs2s3_s3::StagedUpload, UploadError> {
-    let result = match output {
-        Output::Command(mut stdout) => {
-            remote
-                .stage_upload(key, &mut stdout, upload_options, progress)
-                .await
-        }
-        // Read the send pipe directly, without blocking the runtime.
-        Output::SendPipe(fd) => {
-            let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map_err(|source| UploadError::Pipe { source })?;
-            remote
-                .stage_upload(key, &mut pipe, upload_options, progress)
-                .await
-        }
-    };
-    result.map_err(|source| UploadError::Storage { source })
+) -> Result<StagedUpload, PipelineError> {
+    remote
+        .stage_upload(key, reader, upload_options, progress)
+        .await
+        .map_err(|source| PipelineError::Storage { source })
 }
 
-/// Waits for every command; returns the first one that failed.
-async fn wait_all(running: Vec<Running>) -> Option<UploadError> {
-    let mut failure = None;
-    for mut command in running {
-        let status = command.child.wait().await;
-        let stderr = command.stderr.await.unwrap_or_default();
-        let failed = match status {
-            Ok(status) if status.success() => None,
-            Ok(status) => Some(describe_status(status)),
-            Err(e) => Some(format!("could not be waited for: {e}")),
-        };
-        if let (Some(status), None) = (failed, &failure) {
-            failure = Some(UploadError::Command {
-                command: command.command,
-                status,
-                stderr,
-            });
+/// Streams object `key` of `remote` into `commands` (the first reads it, the last consumes it:
+/// `btrfs receive DEST`). Returns the object's size.
+pub async fn download_into(
+    remote: &Remote,
+    key: &str,
+    commands: &[Vec<String>],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, PipelineError> {
+    let (mut chain, started) = Chain::spawn("command", commands, Stdio::piped(), Stdio::null());
+    let downloaded = match (started, chain.first_stdin()) {
+        (Ok(()), Some(mut stdin)) => {
+            let downloaded = remote
+                .download(key, &mut stdin, progress)
+                .await
+                .map_err(|source| PipelineError::Storage { source });
+            // The end of the stream for the first command.
+            drop(stdin);
+            downloaded
         }
+        (Err(error), _) => Err(error),
+        (Ok(()), None) => Err(PipelineError::Internal {
+            message: "the first command has no input pipe".to_owned(),
+        }),
+    };
+    if downloaded.is_err() {
+        chain.kill();
     }
-    failure
+    // A command that failed explains a broken pipe in the download, so it goes first.
+    match (chain.wait().await, downloaded) {
+        (Some(failure), _) => Err(failure),
+        (None, downloaded) => downloaded,
+    }
 }
 
 /// Reads a stream to its end, keeping only the last `STDERR_TAIL_BYTES`.

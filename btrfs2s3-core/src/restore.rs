@@ -1,0 +1,222 @@
+//! Getting backups back: which to receive in what order (pure), receiving one into a btrfs
+//! filesystem, and verifying one without writing anything.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use btrfs2s3_btrfs::SnapshotDir;
+use btrfs2s3_s3::{Remote, format_ctime};
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, SelectError, Selection};
+use crate::pipeline::{PipelineError, download_into};
+
+/// One backup to restore, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreItem {
+    /// The object key.
+    pub key: String,
+    /// The snapshot's uuid.
+    pub uuid: Uuid,
+    /// The snapshot it was sent against; received before it.
+    pub send_parent: Option<Uuid>,
+    /// The snapshot's ctime in the configured time zone.
+    pub ctime: String,
+    /// The snapshot's ctransid.
+    pub ctransid: i64,
+    /// The object's size.
+    pub size: u64,
+    /// Already in the destination (a subvolume there was received from it): skipped.
+    pub present: bool,
+}
+
+/// The backups to receive for `selection`, parents first, marking those already `present`
+/// (received uuids of the destination's subvolumes).
+pub fn plan_restore(
+    catalog: &Catalog,
+    selection: Selection,
+    present: &BTreeSet<Uuid>,
+    tz: &TimeZone,
+) -> Result<Vec<RestoreItem>, SelectError> {
+    Ok(catalog
+        .select(selection)?
+        .into_iter()
+        .map(|backup| RestoreItem {
+            key: backup.key.clone(),
+            uuid: backup.meta.uuid,
+            send_parent: backup.meta.send_parent_uuid,
+            ctime: format_ctime(backup.meta.ctime, tz),
+            ctransid: backup.meta.ctransid,
+            size: backup.size,
+            present: present.contains(&backup.meta.uuid),
+        })
+        .collect())
+}
+
+/// Opens the destination of a restore (it must be a directory on btrfs) and returns the
+/// uuids that the subvolumes directly inside it were received from.
+pub fn received_uuids(dest: &Path) -> Result<BTreeSet<Uuid>, btrfs2s3_btrfs::Error> {
+    Ok(SnapshotDir::open(dest)?
+        .subvolumes()?
+        .into_iter()
+        .filter_map(|subvolume| subvolume.info.received_uuid)
+        .collect())
+}
+
+/// Streams backup `key` through `pipe_through` into `btrfs receive DEST`.
+pub async fn receive(
+    remote: &Remote,
+    key: &str,
+    dest: &Path,
+    pipe_through: &[Vec<String>],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, PipelineError> {
+    let mut commands = pipe_through.to_vec();
+    commands.push(vec![
+        "btrfs".to_owned(),
+        "receive".to_owned(),
+        dest.to_string_lossy().into_owned(),
+    ]);
+    download_into(remote, key, &commands, progress).await
+}
+
+/// Streams backup `key` through `pipe_through` into `btrfs receive --dump`, which parses every
+/// command of the stream and checks its checksums without writing a filesystem.
+pub async fn verify(
+    remote: &Remote,
+    key: &str,
+    pipe_through: &[Vec<String>],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, PipelineError> {
+    let mut commands = pipe_through.to_vec();
+    commands.push(vec![
+        "btrfs".to_owned(),
+        "receive".to_owned(),
+        "--dump".to_owned(),
+    ]);
+    download_into(remote, key, &commands, progress).await
+}
+
+/// A command line that cannot be split into arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitError {
+    /// The command line.
+    pub text: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for SplitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot split {:?} into arguments: {}",
+            self.text, self.reason
+        )
+    }
+}
+
+impl std::error::Error for SplitError {}
+
+/// Splits a command line into arguments the way a POSIX shell would (whitespace separates;
+/// single quotes keep everything; double quotes keep everything but `\"`, `\\`, `\$` and
+/// `` \` ``; a backslash outside quotes escapes the next character), without running a shell:
+/// no variables, globs or redirections.
+pub fn split_command(text: &str) -> Result<Vec<String>, SplitError> {
+    let error = |reason| SplitError {
+        text: text.to_owned(),
+        reason,
+    };
+    let mut arguments = Vec::new();
+    let mut current: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(argument) = current.take() {
+                    arguments.push(argument);
+                }
+            }
+            '\'' => {
+                let argument = current.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => argument.push(c),
+                        None => return Err(error("unterminated single quote")),
+                    }
+                }
+            }
+            '"' => {
+                let argument = current.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => argument.push(c),
+                            Some(c) => {
+                                argument.push('\\');
+                                argument.push(c);
+                            }
+                            None => return Err(error("unterminated double quote")),
+                        },
+                        Some(c) => argument.push(c),
+                        None => return Err(error("unterminated double quote")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => current.get_or_insert_with(String::new).push(c),
+                None => return Err(error("a trailing backslash")),
+            },
+            c => current.get_or_insert_with(String::new).push(c),
+        }
+    }
+    arguments.extend(current);
+    if arguments.is_empty() {
+        return Err(error("no command"));
+    }
+    Ok(arguments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: &[&str]) {
+        assert_eq!(split_command(text).unwrap(), expected, "{text:?}");
+    }
+
+    #[test]
+    fn splits_like_a_shell() {
+        check("gunzip", &["gunzip"]);
+        check("  zstd  -d   -T0 ", &["zstd", "-d", "-T0"]);
+        check(
+            "age -d -i '/root/my key.txt'",
+            &["age", "-d", "-i", "/root/my key.txt"],
+        );
+        check(
+            r#"sh -c "echo \"hi\" \$HOME""#,
+            &["sh", "-c", "echo \"hi\" $HOME"],
+        );
+        check(r"a\ b c\\d", &["a b", r"c\d"]);
+        check("''", &[""]);
+        check(r#"x"y"'z'"#, &["xyz"]);
+        check(r#""\n""#, &[r"\n"]);
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_split() {
+        for (text, reason) in [
+            ("", "no command"),
+            ("   ", "no command"),
+            ("'open", "unterminated single quote"),
+            ("\"open", "unterminated double quote"),
+            ("end\\", "a trailing backslash"),
+        ] {
+            assert_eq!(split_command(text).unwrap_err().reason, reason, "{text:?}");
+        }
+    }
+}
