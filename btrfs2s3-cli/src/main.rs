@@ -77,6 +77,10 @@ pub struct UpdateArgs {
     /// now.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub now: Option<jiff::Timestamp>,
+    /// When another run holds a lock (of this config, or of a snapshot directory), wait up
+    /// to this many seconds for it instead of giving up at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub wait: u64,
     /// The configuration file.
     pub config: PathBuf,
 }

@@ -33,7 +33,8 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
     for warning in &config.warnings {
         eprintln!("btrfs2s3: warning: {warning}");
     }
-    let _lock = match lock::lock(&args.config) {
+    let wait = std::time::Duration::from_secs(args.wait);
+    let _lock = match lock::lock(&args.config, wait) {
         Ok(lock) => lock,
         Err(error @ lock::LockError::Held { .. }) => {
             eprintln!("btrfs2s3: {error}");
@@ -69,11 +70,14 @@ async fn run_async(
     } else {
         Mode::Real
     };
-    let (assessment, mut world) = match core_update::assess(config, now, mode).await {
+    let wait = std::time::Duration::from_secs(args.wait);
+    let (assessment, mut world) = match core_update::assess(config, now, mode, wait).await {
         Ok(assessed) => assessed,
         Err(error) => {
             eprintln!("btrfs2s3: {}", error_chain(&error));
-            return if error.is_setup_error() {
+            return if error.is_locked() {
+                exit::LOCKED
+            } else if error.is_setup_error() {
                 exit::USAGE
             } else {
                 exit::FAILURE

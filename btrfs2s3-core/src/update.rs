@@ -64,6 +64,14 @@ pub enum AssessError {
         /// Why.
         source: btrfs2s3_btrfs::Error,
     },
+    /// Another run holds the lock of a snapshot directory.
+    #[snafu(display("cannot use snapshot directory {}", path.display()))]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it.
+        source: crate::lock::LockError,
+    },
     /// A remote could not be listed.
     #[snafu(display("cannot list remote {remote}"))]
     ListRemote {
@@ -75,6 +83,12 @@ pub enum AssessError {
 }
 
 impl AssessError {
+    /// Whether another run holds a lock we need.
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        matches!(self, AssessError::Locked { .. })
+    }
+
     /// Whether the error is about local setup (paths, filesystems): a usage error, as
     /// opposed to a failure of something that worked before (a remote, a snapshot).
     #[must_use]
@@ -104,9 +118,18 @@ pub async fn assess(
     config: &Config,
     now: Timestamp,
     mode: Mode,
+    wait: std::time::Duration,
 ) -> Result<(Assessment, RealWorld), AssessError> {
     // Open everything local first: any problem stops us before anything is changed.
     let (mut opened, dirs) = open_local(config)?;
+    // Lock every snapshot directory before looking into them, in a fixed order so that two
+    // waiting runs cannot deadlock.
+    let mut dir_paths: Vec<&PathBuf> = dirs.keys().collect();
+    dir_paths.sort();
+    let mut locks = Vec::new();
+    for path in dir_paths {
+        locks.push(crate::lock::lock_directory(path, wait).context(LockedSnafu { path })?);
+    }
     let (remotes, clients) = list_remotes(config).await?;
     let mut sources = Vec::new();
     for ((subvolume, dir_path), source_config) in opened.iter_mut().zip(&config.sources) {
@@ -124,6 +147,7 @@ pub async fn assess(
         dirs,
         remotes: clients,
         upload_options: UploadOptions::default(),
+        _locks: locks,
     };
     Ok((assessment, world))
 }
@@ -296,6 +320,8 @@ pub struct RealWorld {
     dirs: HashMap<PathBuf, SnapshotDir>,
     remotes: HashMap<String, Remote>,
     upload_options: UploadOptions,
+    /// The snapshot directories' locks, held until the run ends.
+    _locks: Vec<crate::lock::Lock>,
 }
 
 impl RealWorld {

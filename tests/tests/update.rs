@@ -336,7 +336,7 @@ fn a_second_run_of_the_same_config_is_locked_out() {
         return;
     };
     let fixture = Fixture::new(env, "lock", &["moto"]);
-    let held = btrfs2s3_core::lock::lock(&fixture.config).unwrap();
+    let held = btrfs2s3_core::lock::lock(&fixture.config, std::time::Duration::ZERO).unwrap();
     let output = fixture.btrfs2s3(&["update", "--force"]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     let message = stderr(&output);
@@ -608,4 +608,53 @@ fn the_prompt_continues_stops_or_undoes() {
     assert_eq!(out.matches("continue? (y)es, (n)o: ").count(), 2, "{out}");
     assert_eq!(fixture.keys(0).len(), 1);
     assert!(!fixture.snapshot_names()[0].contains(".NEW."));
+}
+
+#[test]
+fn runs_sharing_a_snapshot_directory_never_interleave() {
+    let Some(env) = TestEnv::get("runs_sharing_a_snapshot_directory_never_interleave") else { return };
+    let fixture = Fixture::new(env, "shared", &["moto"]);
+    fixture.write("f", b"data");
+    // A second config file for the same source and snapshot directory.
+    let other = fixture.dir.join("other.yaml");
+    std::fs::copy(&fixture.config, &other).unwrap();
+
+    // Someone holds the directory: the run gives up at once, naming them...
+    let held = btrfs2s3_core::lock::lock_directory(&fixture.snapshots, std::time::Duration::ZERO).unwrap();
+    let output = fixture.btrfs2s3(&["update", "--force"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+    assert!(message.contains(&*fixture.snapshots.to_string_lossy()), "{message}");
+    assert!(fixture.snapshot_names().is_empty());
+    // ...or waits for them with --wait.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(held);
+    });
+    let output = fixture.btrfs2s3(&["update", "--force", "--wait", "30"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    releaser.join().unwrap();
+
+    // Two runs of two configs started together: one waits for the other; the second finds
+    // the first's snapshot and has nothing to do.
+    fixture.write("g", b"more");
+    let spawn = |config: &std::path::Path| {
+        Command::new(support::binary())
+            .args(["update", "--force", "--wait", "60"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(&fixture.config), spawn(&other));
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let names = fixture.snapshot_names();
+    assert_eq!(names.len(), 2, "one new snapshot, not two: {names:?}");
+    assert!(names.iter().all(|n| !n.contains(".NEW.")), "{names:?}");
+    assert_eq!(backups(&fixture, 0).len(), 2);
 }
