@@ -195,6 +195,11 @@ fn backup_tree(backups: &[&PlannedBackup]) -> String {
 #[must_use]
 pub fn describe_action(action: &Action) -> String {
     match action {
+        Action::AbortUpload { remote, key, .. } => {
+            format!(
+                "abort    {remote}: the unfinished upload of {key} (left by an interrupted run)"
+            )
+        }
         Action::CreateSnapshot {
             source,
             directory,

@@ -2,10 +2,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use btrfs2s3_core::execute::{self, Outcome, error_chain};
-use btrfs2s3_core::plan::{self, Plan};
+use std::sync::{Arc, OnceLock};
+
+use btrfs2s3_core::execute::{self, ActionResult, Outcome, error_chain};
+use btrfs2s3_core::plan::{self, Action, Plan};
 use btrfs2s3_core::update::{self as core_update, Mode};
 use btrfs2s3_core::{config, lock};
+use tokio_util::sync::CancellationToken;
 
 use crate::{UpdateArgs, exit, output, progress};
 
@@ -64,6 +67,56 @@ async fn run_async(
     interactive: bool,
     verbose: bool,
 ) -> u8 {
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(OnceLock::new());
+    if let Err(error) = watch_signals(cancel.clone(), Arc::clone(&signal)) {
+        eprintln!("btrfs2s3: cannot handle signals: {error}");
+        return exit::FAILURE;
+    }
+    let (plan, mut world) = match assess_and_plan(args, config, verbose, &cancel).await {
+        Ok(planned) => planned,
+        Err(code) => return code,
+    };
+    if cancel.is_cancelled() {
+        return interrupted(&plan, None, &mut world, &signal);
+    }
+    if let Some(code) = show(&plan, args, verbose) {
+        return code;
+    }
+    let choice = if args.force || !interactive {
+        Choice::Execute
+    } else {
+        let question = plan.clone();
+        tokio::select! {
+            choice = tokio::task::spawn_blocking(move || prompt(&question)) => choice.unwrap_or(Choice::Stop),
+            () = cancel.cancelled() => return interrupted(&plan, None, &mut world, &signal),
+        }
+    };
+    match choice {
+        Choice::Stop => exit::OK,
+        Choice::Undo => undo(&plan, &mut world),
+        Choice::Execute => {
+            let observer = progress::Progress::new(std::io::stderr().is_terminal() && !args.json);
+            let outcome = execute::execute(&plan, &mut world, &observer, &cancel).await;
+            observer.finish();
+            if cancel.is_cancelled() {
+                if args.json {
+                    print_json(&plan, Some(&outcome));
+                }
+                return interrupted(&plan, Some(&outcome), &mut world, &signal);
+            }
+            report(&plan, &outcome, args.json)
+        }
+    }
+}
+
+/// Assesses the state and plans; `Err` is the exit code, after the message.
+async fn assess_and_plan(
+    args: &UpdateArgs,
+    config: &config::Config,
+    verbose: bool,
+    cancel: &CancellationToken,
+) -> Result<(Plan, core_update::RealWorld), u8> {
     let now = args.now.unwrap_or_else(jiff::Timestamp::now);
     let mode = if args.pretend {
         Mode::Pretend
@@ -71,19 +124,18 @@ async fn run_async(
         Mode::Real
     };
     let wait = std::time::Duration::from_secs(args.wait);
-    let (assessment, mut world) = match core_update::assess(config, now, mode, wait).await {
-        Ok(assessed) => assessed,
-        Err(error) => {
+    let (assessment, world) = core_update::assess(config, now, mode, wait, cancel)
+        .await
+        .map_err(|error| {
             eprintln!("btrfs2s3: {}", error_chain(&error));
-            return if error.is_locked() {
+            if error.is_locked() {
                 exit::LOCKED
             } else if error.is_setup_error() {
                 exit::USAGE
             } else {
                 exit::FAILURE
-            };
-        }
-    };
+            }
+        })?;
     if verbose {
         for remote in &assessment.remotes {
             eprintln!(
@@ -96,74 +148,141 @@ async fn run_async(
             );
         }
     }
-    let plan = match plan::plan(&assessment) {
-        Ok(plan) => plan,
-        Err(error) => {
-            eprintln!("btrfs2s3: {error}");
-            return exit::FAILURE;
-        }
-    };
+    let plan = plan::plan(&assessment).map_err(|error| {
+        eprintln!("btrfs2s3: {error}");
+        exit::FAILURE
+    })?;
     for broken in &plan.broken_chains {
         eprintln!(
             "btrfs2s3: warning: in remote {}: {}",
             broken.remote, broken.chain
         );
     }
+    Ok((plan, world))
+}
 
+/// Shows the plan; `Some(code)` when the run ends here (`--pretend`, nothing to do).
+fn show(plan: &Plan, args: &UpdateArgs, verbose: bool) -> Option<u8> {
     if args.json {
         if args.pretend || !plan.has_work() {
-            print_json(&plan, None);
-            return exit::OK;
+            print_json(plan, None);
+            return Some(exit::OK);
         }
     } else {
-        print!("{}", output::render_plan(&plan));
+        print!("{}", output::render_plan(plan));
         if verbose {
             println!("policy evaluated at {} in {}", plan.now, plan.timezone);
         }
     }
     if args.pretend {
-        return exit::OK;
+        return Some(exit::OK);
     }
     if !plan.has_work() {
         if !args.json {
             println!("nothing to do");
         }
-        return exit::OK;
+        return Some(exit::OK);
     }
+    None
+}
 
-    let choice = if args.force || !interactive {
-        Choice::Execute
-    } else {
-        prompt(&plan)
-    };
-    match choice {
-        Choice::Stop => exit::OK,
-        Choice::Undo => {
-            let created: Vec<_> = plan
-                .created_snapshots()
-                .map(|s| (s.directory.clone(), s.name.clone(), s.id))
-                .collect();
-            match world.destroy_created(&created) {
-                Ok(()) => {
-                    println!(
-                        "destroyed the {} snapshot(s) created by this run",
-                        created.len()
-                    );
-                    exit::OK
-                }
-                Err(error) => {
-                    eprintln!("btrfs2s3: {}", error_chain(error.as_ref()));
-                    exit::FAILURE
-                }
-            }
+/// The prompt's "undo": destroys the snapshots this run created.
+fn undo(plan: &Plan, world: &mut core_update::RealWorld) -> u8 {
+    let created: Vec<_> = plan
+        .created_snapshots()
+        .map(|s| (s.directory.clone(), s.name.clone(), s.id))
+        .collect();
+    match world.destroy_created(&created) {
+        Ok(()) => {
+            println!(
+                "destroyed the {} snapshot(s) created by this run",
+                created.len()
+            );
+            exit::OK
         }
-        Choice::Execute => {
-            let observer = progress::Progress::new(std::io::stderr().is_terminal() && !args.json);
-            let outcome = execute::execute(&plan, &mut world, &observer).await;
-            observer.finish();
-            report(&plan, &outcome, args.json)
+        Err(error) => {
+            eprintln!("btrfs2s3: {}", error_chain(error.as_ref()));
+            exit::FAILURE
         }
     }
+}
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM (remembering which in `signal`); a second
+/// one ends the process at once.
+fn watch_signals(
+    cancel: CancellationToken,
+    signal: Arc<OnceLock<&'static str>>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal as listen};
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut terminate = listen(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        let _ = signal.set(name);
+        eprintln!("btrfs2s3: {name} received: stopping cleanly (send it again to stop at once)");
+        cancel.cancel();
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("btrfs2s3: stopping at once");
+        std::process::exit(i32::from(exit::FAILURE));
+    });
+    Ok(())
+}
+
+/// Ends an interrupted run: destroys the snapshots this run created that no backup uses yet,
+/// and says in one line what happened.
+fn interrupted(
+    plan: &Plan,
+    outcome: Option<&Outcome>,
+    world: &mut core_update::RealWorld,
+    signal: &OnceLock<&'static str>,
+) -> u8 {
+    let done = |wanted: &dyn Fn(&Action) -> bool| {
+        outcome.is_some_and(|outcome| {
+            outcome.results.iter().any(|(action, result)| {
+                wanted(action) && matches!(result, ActionResult::Done { .. })
+            })
+        })
+    };
+    let mut removed = 0;
+    for snapshot in plan.created_snapshots() {
+        let uploaded = done(
+            &|action| matches!(action, Action::Upload { snapshot: s, .. } if s.uuid == snapshot.uuid),
+        );
+        if uploaded {
+            continue;
+        }
+        let renamed = done(
+            &|action| matches!(action, Action::Rename { snapshot: s, .. } if s.uuid == snapshot.uuid),
+        );
+        let name = if renamed {
+            &snapshot.target_name
+        } else {
+            &snapshot.name
+        };
+        match world.destroy_created(&[(snapshot.directory.clone(), name.clone(), snapshot.id)]) {
+            Ok(()) => removed += 1,
+            Err(error) => eprintln!("btrfs2s3: {}", error_chain(error.as_ref())),
+        }
+    }
+    let (done_count, total) = outcome.map_or((0, plan.actions.len()), |outcome| {
+        let done = outcome
+            .results
+            .iter()
+            .filter(|(_, result)| matches!(result, ActionResult::Done { .. }))
+            .count();
+        (done, outcome.results.len())
+    });
+    eprintln!(
+        "btrfs2s3: interrupted by {}: {done_count} of {total} action(s) done, nothing half-done left; {removed} new snapshot(s) removed",
+        signal.get().copied().unwrap_or("a signal")
+    );
+    exit::FAILURE
 }
 
 fn print_json(plan: &Plan, outcome: Option<&Outcome>) {

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::plan::{Action, Plan, SnapshotRef};
@@ -63,6 +64,13 @@ pub trait World {
     ) -> Result<u64, WorldError>;
     /// Deletes objects from a remote; fails if any of them was not deleted.
     async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError>;
+    /// Aborts a multipart upload.
+    async fn abort_upload(
+        &mut self,
+        remote: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), WorldError>;
 }
 
 /// Hears about progress, for the user.
@@ -146,8 +154,14 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Runs `plan` against `world`.
-pub async fn execute<W: World>(plan: &Plan, world: &mut W, observer: &dyn Observer) -> Outcome {
+/// Runs `plan` against `world`. When `cancel` is cancelled (Ctrl-C), the action in flight
+/// stops (an upload is aborted) and the remaining ones are skipped.
+pub async fn execute<W: World>(
+    plan: &Plan,
+    world: &mut W,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Outcome {
     let mut executor = Executor {
         world,
         observer,
@@ -159,7 +173,25 @@ pub async fn execute<W: World>(plan: &Plan, world: &mut W, observer: &dyn Observ
     };
     let mut deletes: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
     for action in &plan.actions {
+        if cancel.is_cancelled() {
+            executor.record(action, interrupted());
+            continue;
+        }
         let result = match action {
+            Action::AbortUpload {
+                remote,
+                key,
+                upload_id,
+            } => {
+                observer.started(action);
+                done_or_failed(
+                    executor
+                        .world
+                        .abort_upload(remote, key, upload_id)
+                        .await
+                        .map(|()| None),
+                )
+            }
             Action::CreateSnapshot { .. } => ActionResult::Skipped {
                 reason: "a planned snapshot is only created by a real run".to_owned(),
             },
@@ -175,6 +207,12 @@ pub async fn execute<W: World>(plan: &Plan, world: &mut W, observer: &dyn Observ
         executor.record(action, result);
     }
     for (remote, actions) in deletes {
+        if cancel.is_cancelled() {
+            for action in actions {
+                executor.record(action, interrupted());
+            }
+            continue;
+        }
         executor.delete(remote, actions).await;
     }
     Outcome {
@@ -218,6 +256,7 @@ impl<W: World> Executor<'_, W> {
         if result.is_ok() {
             self.names
                 .insert((snapshot.directory.clone(), snapshot.id), to.to_owned());
+            crate::failpoint::hit("renamed");
         }
         done_or_failed(result.map(|()| None))
     }
@@ -259,8 +298,15 @@ impl<W: World> Executor<'_, W> {
                 pipe_through,
             };
             let observer = self.observer;
-            let progress = |bytes: u64| observer.progress(bytes);
-            done_or_failed(self.world.upload(&job, &progress).await.map(Some))
+            let progress = |bytes: u64| {
+                crate::failpoint::hit("upload-progress");
+                observer.progress(bytes);
+            };
+            let result = self.world.upload(&job, &progress).await;
+            if result.is_ok() {
+                crate::failpoint::hit("uploaded");
+            }
+            done_or_failed(result.map(Some))
         };
         if !matches!(result, ActionResult::Done { .. }) {
             self.missing_uploads.insert((remote.clone(), snapshot.uuid));
@@ -283,11 +329,13 @@ impl<W: World> Executor<'_, W> {
         }
         self.observer.started(action);
         let name = self.current_name(snapshot);
-        done_or_failed(
-            self.world
-                .destroy_snapshot(&snapshot.directory, &name, snapshot.id)
-                .map(|()| None),
-        )
+        let result = self
+            .world
+            .destroy_snapshot(&snapshot.directory, &name, snapshot.id);
+        if result.is_ok() {
+            crate::failpoint::hit("destroyed");
+        }
+        done_or_failed(result.map(|()| None))
     }
 
     async fn delete(&mut self, remote: &str, actions: Vec<&Action>) {
@@ -319,6 +367,7 @@ impl<W: World> Executor<'_, W> {
         for action in &to_delete {
             self.observer.started(action);
         }
+        crate::failpoint::hit("deleting");
         let result = done_or_failed(
             self.world
                 .delete_backups(remote, &keys)
@@ -328,6 +377,12 @@ impl<W: World> Executor<'_, W> {
         for action in to_delete {
             self.record(action, result.clone());
         }
+    }
+}
+
+fn interrupted() -> ActionResult {
+    ActionResult::Skipped {
+        reason: "interrupted".to_owned(),
     }
 }
 
@@ -351,7 +406,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let outcome = runtime.block_on(execute(&plan, world, &Silent));
+        let outcome = runtime.block_on(execute(&plan, world, &Silent, &CancellationToken::new()));
         (plan, outcome)
     }
 
@@ -518,7 +573,12 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let outcome = runtime.block_on(execute(&plan, &mut failing, &Silent));
+        let outcome = runtime.block_on(execute(
+            &plan,
+            &mut failing,
+            &Silent,
+            &CancellationToken::new(),
+        ));
         let (_, result) = outcome
             .results
             .iter()
@@ -531,7 +591,12 @@ mod tests {
         assert!(!failing.log.iter().any(|l| l.starts_with("destroy")));
 
         // The upload succeeds: the parent goes after it, its backup stays as an ancestor.
-        let outcome = runtime.block_on(execute(&plan, &mut world, &Silent));
+        let outcome = runtime.block_on(execute(
+            &plan,
+            &mut world,
+            &Silent,
+            &CancellationToken::new(),
+        ));
         assert!(outcome.succeeded(), "{outcome:?}");
         let upload = world
             .log

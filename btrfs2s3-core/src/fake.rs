@@ -36,6 +36,8 @@ pub struct FakeWorld {
     pub snapshots: BTreeMap<PathBuf, BTreeMap<u64, SnapshotState>>,
     /// remote → key → size.
     pub objects: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Multipart uploads left behind: (remote, key, upload id).
+    pub pending_uploads: BTreeSet<(String, String, String)>,
     /// Uploads to these keys fail.
     pub failing_keys: BTreeSet<String>,
     /// Snapshot operations fail on these names.
@@ -52,6 +54,7 @@ impl FakeWorld {
             sources: Vec::new(),
             snapshots: BTreeMap::new(),
             objects: BTreeMap::new(),
+            pending_uploads: BTreeSet::new(),
             failing_keys: BTreeSet::new(),
             failing_snapshots: BTreeSet::new(),
             log: Vec::new(),
@@ -184,6 +187,15 @@ impl FakeWorld {
                     backups,
                     foreign_objects,
                     pages: 1,
+                    pending_uploads: self
+                        .pending_uploads
+                        .iter()
+                        .filter(|(r, _, _)| r == remote)
+                        .map(|(_, key, upload_id)| crate::plan::PendingUpload {
+                            key: key.clone(),
+                            upload_id: upload_id.clone(),
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -260,6 +272,23 @@ impl World for FakeWorld {
         self.log
             .push(format!("upload {} {}", job.remote, job.snapshot.0));
         Ok(100)
+    }
+
+    async fn abort_upload(
+        &mut self,
+        remote: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), WorldError> {
+        if self
+            .pending_uploads
+            .remove(&(remote.to_owned(), key.to_owned(), upload_id.to_owned()))
+        {
+            self.log.push(format!("abort {remote} {key}"));
+            Ok(())
+        } else {
+            Err(format!("no upload {upload_id} of {key} in {remote}").into())
+        }
     }
 
     async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError> {

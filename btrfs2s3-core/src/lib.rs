@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod config;
 pub mod execute;
+pub mod failpoint;
 #[cfg(test)]
 mod fake;
 pub mod lock;

@@ -101,6 +101,17 @@ pub struct RemoteState {
     pub foreign_objects: usize,
     /// How many `ListObjectsV2` pages the listing took.
     pub pages: u32,
+    /// Multipart uploads that were started and never completed or aborted.
+    pub pending_uploads: Vec<PendingUpload>,
+}
+
+/// A multipart upload left behind (by a crashed or killed run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it would have created.
+    pub key: String,
+    /// Its id.
+    pub upload_id: String,
 }
 
 /// One backup object.
@@ -233,6 +244,15 @@ pub struct SnapshotRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
+    /// Abort a multipart upload a crashed run of ours left behind (its parts cost storage).
+    AbortUpload {
+        /// The remote.
+        remote: String,
+        /// The key it would have created.
+        key: String,
+        /// Its id.
+        upload_id: String,
+    },
     /// `--pretend` only: the snapshot this run would create.
     CreateSnapshot {
         /// The source.
@@ -309,7 +329,8 @@ pub struct Plan {
     pub foreign_objects: BTreeMap<String, usize>,
     /// Kept backups whose send parent is gone: they cannot be restored.
     pub broken_chains: Vec<RemoteBrokenChain>,
-    /// The actions, in execution order: renames, uploads, destroys, deletes.
+    /// The actions, in execution order: aborts of stale uploads, renames, uploads, destroys,
+    /// deletes.
     pub actions: Vec<Action>,
 }
 
@@ -396,6 +417,7 @@ pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
         snapshots: Vec::new(),
         backups: Vec::new(),
         broken_chains: Vec::new(),
+        aborts: Vec::new(),
         creates: Vec::new(),
         renames: Vec::new(),
         uploads: Vec::new(),
@@ -424,6 +446,7 @@ struct Builder<'a> {
     snapshots: Vec<PlannedSnapshot>,
     backups: Vec<PlannedBackup>,
     broken_chains: Vec<RemoteBrokenChain>,
+    aborts: Vec<Action>,
     creates: Vec<Action>,
     renames: Vec<Action>,
     uploads: Vec<Action>,
@@ -447,6 +470,18 @@ impl Builder<'_> {
             .filter(|backup| backup.meta.parent_uuid == source.uuid)
             .cloned()
             .collect();
+        // Multipart uploads of this source's backups are ours, and no other run of ours is
+        // uploading (we hold the snapshot directory's lock): they were left by a crash.
+        for pending in &remote.pending_uploads {
+            if BackupMeta::parse_key(&pending.key).is_ok_and(|meta| meta.parent_uuid == source.uuid)
+            {
+                self.aborts.push(Action::AbortUpload {
+                    remote: remote.id.clone(),
+                    key: pending.key.clone(),
+                    upload_id: pending.upload_id.clone(),
+                });
+            }
+        }
         let policy = Policy::new(target.preserve, self.tz.clone(), self.now);
         let resolution = resolve(&source.snapshots, &existing, &policy);
         for (uuid, keep) in &resolution.snapshots {
@@ -620,8 +655,9 @@ impl Builder<'_> {
             .map(|remote| (remote.id.clone(), remote.foreign_objects))
             .collect();
         let actions = self
-            .creates
+            .aborts
             .into_iter()
+            .chain(self.creates)
             .chain(self.renames)
             .chain(self.uploads)
             .chain(self.destroys)
@@ -687,6 +723,7 @@ mod tests {
         plan.actions
             .iter()
             .map(|action| match action {
+                Action::AbortUpload { remote, key, .. } => format!("abort {remote} {key}"),
                 Action::CreateSnapshot { name, .. } => format!("create {name}"),
                 Action::Rename { snapshot, to } => format!("rename {} {to}", snapshot.name),
                 Action::Upload {
@@ -819,6 +856,29 @@ mod tests {
         assert_eq!(plan.foreign_objects["aws"], 1);
         let found = actions(&world);
         assert!(found.iter().all(|a| !a.starts_with("delete")), "{found:?}");
+    }
+
+    #[test]
+    fn only_our_own_unfinished_uploads_are_aborted() {
+        let mut world = FakeWorld::new("UTC", "2026-06-10T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1d")]);
+        world.add_source("media", 2, &[("gcs", "1d")]);
+        world.add_snapshot(0, "home.2026-06-10T00:00:00+00:00.400", 4, "2026-06-10T00:00:00Z", 400);
+        world.add_snapshot(1, "media.2026-06-10T00:00:00+00:00.500", 5, "2026-06-10T00:00:00Z", 500);
+        let ours = world.add_backup(0, "aws", 4, None);
+        // The pending upload of a backup of `media`, a source that does not use `aws`, and
+        // one under a key that is not a backup: not ours.
+        let theirs = world.add_backup(1, "aws", 5, None);
+        for key in [&ours, &theirs] {
+            world.objects.get_mut("aws").unwrap().remove(key);
+        }
+        for (key, id) in [(&ours, "u1"), (&theirs, "u2")] {
+            world.pending_uploads.insert(("aws".to_owned(), key.clone(), id.to_owned()));
+        }
+        world.pending_uploads.insert(("aws".to_owned(), "videos/big.mkv".to_owned(), "u3".to_owned()));
+        let found = actions(&world);
+        assert_eq!(found.iter().filter(|a| a.starts_with("abort")).collect::<Vec<_>>(), [&format!("abort aws {ours}")]);
+        assert!(found[0].starts_with("abort"), "aborts come first: {found:?}");
     }
 
     #[test]

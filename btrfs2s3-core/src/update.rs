@@ -10,6 +10,7 @@ use btrfs2s3_btrfs::{SendOptions, SnapshotDir, Subvolume};
 use btrfs2s3_s3::{Remote, UploadOptions};
 use jiff::Timestamp;
 use snafu::{ResultExt, Snafu};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -119,6 +120,7 @@ pub async fn assess(
     now: Timestamp,
     mode: Mode,
     wait: std::time::Duration,
+    cancel: &CancellationToken,
 ) -> Result<(Assessment, RealWorld), AssessError> {
     // Open everything local first: any problem stops us before anything is changed.
     let (mut opened, dirs) = open_local(config)?;
@@ -130,7 +132,7 @@ pub async fn assess(
     for path in dir_paths {
         locks.push(crate::lock::lock_directory(path, wait).context(LockedSnafu { path })?);
     }
-    let (remotes, clients) = list_remotes(config).await?;
+    let (remotes, clients) = list_remotes(config, cancel).await?;
     let mut sources = Vec::new();
     for ((subvolume, dir_path), source_config) in opened.iter_mut().zip(&config.sources) {
         let dir = &dirs[dir_path.as_path()];
@@ -192,6 +194,7 @@ fn open_local(config: &Config) -> Result<(OpenedSources, OpenedDirs), AssessErro
 /// Connects to and lists each remote some source uses, once however many sources use it.
 async fn list_remotes(
     config: &Config,
+    cancel: &CancellationToken,
 ) -> Result<(Vec<RemoteState>, HashMap<String, Remote>), AssessError> {
     let used = config.remotes.iter().filter(|remote| {
         config.sources.iter().any(|source| {
@@ -208,8 +211,21 @@ async fn list_remotes(
             remote: remote.id.clone(),
             source: Box::new(source),
         };
-        let client = Remote::connect(&remote.s3).await.map_err(error)?;
+        let client = Remote::connect(&remote.s3)
+            .await
+            .map_err(error)?
+            .with_cancellation(cancel.clone());
         let listing = client.list().await.map_err(error)?;
+        let pending_uploads = client
+            .pending_uploads()
+            .await
+            .map_err(error)?
+            .into_iter()
+            .map(|upload| crate::plan::PendingUpload {
+                key: upload.key,
+                upload_id: upload.upload_id,
+            })
+            .collect();
         remotes.push(RemoteState {
             id: remote.id.clone(),
             bucket: client.bucket().to_owned(),
@@ -225,6 +241,7 @@ async fn list_remotes(
                 .collect(),
             foreign_objects: listing.foreign.len(),
             pages: listing.pages,
+            pending_uploads,
         });
         clients.insert(remote.id.clone(), client);
     }
@@ -265,6 +282,7 @@ fn source_state(
                     .context(CreateSnapshotSnafu {
                         path: &source_config.path,
                     })?;
+                crate::failpoint::hit("snapshot-created");
                 SnapshotState {
                     name: new_name,
                     id: created.id,
@@ -410,6 +428,16 @@ impl World for RealWorld {
 
     async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError> {
         self.remote(remote)?.delete(keys).await?;
+        Ok(())
+    }
+
+    async fn abort_upload(
+        &mut self,
+        remote: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), WorldError> {
+        self.remote(remote)?.abort_upload(key, upload_id).await?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ mod upload;
 
 pub use key::{BackupMeta, KeyError, format_ctime};
 pub use remote::{
-    Error, ListedBackup, ListedObject, Listing, Remote, RemoteConfig, RequestError, Secret,
-    UploadSettings, Verify,
+    Error, ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, RequestError,
+    Secret, UploadSettings, Verify,
 };
 pub use upload::{Checksum, LockMode, ObjectLock, StagedUpload, UploadOptions, part_size};

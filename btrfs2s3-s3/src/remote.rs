@@ -21,6 +21,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use snafu::{ResultExt, Snafu};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::BackupMeta;
 
@@ -190,6 +191,14 @@ pub enum Error {
         /// The object.
         key: String,
     },
+    /// The transfer was cancelled.
+    #[snafu(display("the transfer of {key} in bucket {bucket} was cancelled"))]
+    Cancelled {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+    },
     /// Some keys of a `DeleteObjects` call were not deleted.
     #[snafu(display("failed to delete {} object(s) from bucket {bucket}: {}", failures.len(), describe_failures(failures)))]
     DeleteFailed {
@@ -315,6 +324,17 @@ pub struct ListedObject {
     pub storage_class: Option<String>,
 }
 
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it would create.
+    pub key: String,
+    /// Its id.
+    pub upload_id: String,
+    /// When it was started (unix seconds), if the server says.
+    pub initiated: Option<i64>,
+}
+
 /// One backup of a listing: the object and what its key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedBackup {
@@ -341,6 +361,8 @@ pub struct Remote {
     pub(crate) client: aws_sdk_s3::Client,
     pub(crate) bucket: String,
     pub(crate) upload: UploadSettings,
+    /// Cancels uploads and downloads in flight (Ctrl-C): they stop and clean up.
+    pub(crate) cancel: CancellationToken,
 }
 
 impl Remote {
@@ -429,7 +451,17 @@ impl Remote {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
             upload: config.upload,
+            cancel: CancellationToken::new(),
         })
+    }
+
+    /// This remote with uploads and downloads that stop when `token` is cancelled: an upload
+    /// in flight is aborted (no object, no multipart upload left), a download ends with
+    /// [`Error::Cancelled`].
+    #[must_use]
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Remote {
+        self.cancel = token;
+        self
     }
 
     /// The bucket.
@@ -532,7 +564,13 @@ impl Remote {
         let mut body = response.body;
         let mut written = 0u64;
         loop {
-            let chunk = body.try_next().await.map_err(|e| Error::Request {
+            let next = tokio::select! {
+                next = body.try_next() => next,
+                () = self.cancel.cancelled() => {
+                    return Err(Error::Cancelled { bucket: self.bucket.clone(), key: key.to_owned() });
+                }
+            };
+            let chunk = next.map_err(|e| Error::Request {
                 operation: "download",
                 bucket: self.bucket.clone(),
                 key: Some(key.to_owned()),
@@ -555,6 +593,51 @@ impl Remote {
             key,
         })?;
         Ok(written)
+    }
+
+    /// Every multipart upload of the bucket that was started and neither completed nor
+    /// aborted (they cost storage until aborted).
+    pub async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, Error> {
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let counter = AttemptCounter::default();
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .customize()
+                .interceptor(counter.clone())
+                .send()
+                .await
+                .map_err(|e| self.request_error("list multipart uploads", None, &counter, &e))?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) {
+                    uploads.push(PendingUpload {
+                        key: key.to_owned(),
+                        upload_id: upload_id.to_owned(),
+                        initiated: upload
+                            .initiated()
+                            .map(aws_sdk_s3::primitives::DateTime::secs),
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(uploads);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(uploads);
+            }
+        }
+    }
+
+    /// Aborts a multipart upload, discarding its parts.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), Error> {
+        crate::upload::abort_multipart(self, key, upload_id).await
     }
 
     /// Deletes `keys` with `DeleteObjects`, at most 1000 per call, and checks that the server

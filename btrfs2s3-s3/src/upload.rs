@@ -375,14 +375,15 @@ impl Remote {
         let mut buffer = BytesMut::with_capacity(capacity);
         while buffer.len() < capacity {
             let remaining = (capacity - buffer.len()) as u64;
-            let read = (&mut *reader)
-                .take(remaining)
-                .read_buf(&mut buffer)
-                .await
-                .context(ReadStreamSnafu {
-                    bucket: self.bucket.clone(),
-                    key,
-                })?;
+            let mut limited = (&mut *reader).take(remaining);
+            let read = tokio::select! {
+                read = limited.read_buf(&mut buffer) => read,
+                () = self.cancel.cancelled() => return Err(self.cancelled(key)),
+            }
+            .context(ReadStreamSnafu {
+                bucket: self.bucket.clone(),
+                key,
+            })?;
             if read == 0 {
                 break;
             }
@@ -452,7 +453,7 @@ impl Remote {
             // A part shorter than its size is the last one.
             at_end |= (part.len() as u64) < self.part_size(index);
             while tasks.len() >= self.upload.parts_in_flight {
-                completed.push(self.join_part(&mut tasks).await?);
+                completed.push(self.join_part(key, &mut tasks).await?);
             }
             let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
             tasks.spawn(self.clone().upload_part(
@@ -491,17 +492,29 @@ impl Remote {
             };
         }
         while !tasks.is_empty() {
-            completed.push(self.join_part(&mut tasks).await?);
+            completed.push(self.join_part(key, &mut tasks).await?);
         }
         completed.sort_by_key(CompletedPart::part_number);
         Ok(completed)
     }
 
+    fn cancelled(&self, key: &str) -> Error {
+        Error::Cancelled {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+        }
+    }
+
     async fn join_part(
         &self,
+        key: &str,
         tasks: &mut JoinSet<Result<CompletedPart, Error>>,
     ) -> Result<CompletedPart, Error> {
-        match tasks.join_next().await {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            () = self.cancel.cancelled() => return Err(self.cancelled(key)),
+        };
+        match joined {
             Some(Ok(result)) => result,
             Some(Err(join_error)) if join_error.is_panic() => {
                 std::panic::resume_unwind(join_error.into_panic())
@@ -586,7 +599,11 @@ impl AbortGuard {
     }
 }
 
-async fn abort_multipart(remote: &Remote, key: &str, upload_id: &str) -> Result<(), Error> {
+pub(crate) async fn abort_multipart(
+    remote: &Remote,
+    key: &str,
+    upload_id: &str,
+) -> Result<(), Error> {
     let counter = AttemptCounter::default();
     remote
         .client

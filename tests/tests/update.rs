@@ -612,7 +612,9 @@ fn the_prompt_continues_stops_or_undoes() {
 
 #[test]
 fn runs_sharing_a_snapshot_directory_never_interleave() {
-    let Some(env) = TestEnv::get("runs_sharing_a_snapshot_directory_never_interleave") else { return };
+    let Some(env) = TestEnv::get("runs_sharing_a_snapshot_directory_never_interleave") else {
+        return;
+    };
     let fixture = Fixture::new(env, "shared", &["moto"]);
     fixture.write("f", b"data");
     // A second config file for the same source and snapshot directory.
@@ -620,12 +622,19 @@ fn runs_sharing_a_snapshot_directory_never_interleave() {
     std::fs::copy(&fixture.config, &other).unwrap();
 
     // Someone holds the directory: the run gives up at once, naming them...
-    let held = btrfs2s3_core::lock::lock_directory(&fixture.snapshots, std::time::Duration::ZERO).unwrap();
+    let held =
+        btrfs2s3_core::lock::lock_directory(&fixture.snapshots, std::time::Duration::ZERO).unwrap();
     let output = fixture.btrfs2s3(&["update", "--force"]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     let message = stderr(&output);
-    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
-    assert!(message.contains(&*fixture.snapshots.to_string_lossy()), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    assert!(
+        message.contains(&*fixture.snapshots.to_string_lossy()),
+        "{message}"
+    );
     assert!(fixture.snapshot_names().is_empty());
     // ...or waits for them with --wait.
     let releaser = std::thread::spawn(move || {
