@@ -863,8 +863,20 @@ mod tests {
         let mut world = FakeWorld::new("UTC", "2026-06-10T12:00:00Z");
         world.add_source("home", 1, &[("aws", "1d")]);
         world.add_source("media", 2, &[("gcs", "1d")]);
-        world.add_snapshot(0, "home.2026-06-10T00:00:00+00:00.400", 4, "2026-06-10T00:00:00Z", 400);
-        world.add_snapshot(1, "media.2026-06-10T00:00:00+00:00.500", 5, "2026-06-10T00:00:00Z", 500);
+        world.add_snapshot(
+            0,
+            "home.2026-06-10T00:00:00+00:00.400",
+            4,
+            "2026-06-10T00:00:00Z",
+            400,
+        );
+        world.add_snapshot(
+            1,
+            "media.2026-06-10T00:00:00+00:00.500",
+            5,
+            "2026-06-10T00:00:00Z",
+            500,
+        );
         let ours = world.add_backup(0, "aws", 4, None);
         // The pending upload of a backup of `media`, a source that does not use `aws`, and
         // one under a key that is not a backup: not ours.
@@ -873,12 +885,27 @@ mod tests {
             world.objects.get_mut("aws").unwrap().remove(key);
         }
         for (key, id) in [(&ours, "u1"), (&theirs, "u2")] {
-            world.pending_uploads.insert(("aws".to_owned(), key.clone(), id.to_owned()));
+            world
+                .pending_uploads
+                .insert(("aws".to_owned(), key.clone(), id.to_owned()));
         }
-        world.pending_uploads.insert(("aws".to_owned(), "videos/big.mkv".to_owned(), "u3".to_owned()));
+        world.pending_uploads.insert((
+            "aws".to_owned(),
+            "videos/big.mkv".to_owned(),
+            "u3".to_owned(),
+        ));
         let found = actions(&world);
-        assert_eq!(found.iter().filter(|a| a.starts_with("abort")).collect::<Vec<_>>(), [&format!("abort aws {ours}")]);
-        assert!(found[0].starts_with("abort"), "aborts come first: {found:?}");
+        assert_eq!(
+            found
+                .iter()
+                .filter(|a| a.starts_with("abort"))
+                .collect::<Vec<_>>(),
+            [&format!("abort aws {ours}")]
+        );
+        assert!(
+            found[0].starts_with("abort"),
+            "aborts come first: {found:?}"
+        );
     }
 
     #[test]
