@@ -65,7 +65,9 @@ pub fn received_uuids(dest: &Path) -> Result<BTreeSet<Uuid>, btrfs2s3_btrfs::Err
         .collect())
 }
 
-/// Streams backup `key` through `pipe_through` into `btrfs receive DEST`.
+/// Streams backup `key` through `pipe_through` into `btrfs receive DEST`. If that fails, the
+/// half-received subvolume it leaves (writable, without a received uuid) is deleted, so that
+/// running the restore again starts that backup afresh.
 pub async fn receive(
     remote: &Remote,
     key: &str,
@@ -79,7 +81,26 @@ pub async fn receive(
         "receive".to_owned(),
         dest.to_string_lossy().into_owned(),
     ]);
-    download_into(remote, key, &commands, progress).await
+    let directory = SnapshotDir::open(dest).ok();
+    let before: BTreeSet<u64> = directory
+        .as_ref()
+        .and_then(|dir| dir.subvolumes().ok())
+        .map(|subvolumes| subvolumes.iter().map(|s| s.info.id).collect())
+        .unwrap_or_default();
+    let result = download_into(remote, key, &commands, progress).await;
+    if result.is_err()
+        && let Some(dir) = &directory
+        && let Ok(after) = dir.subvolumes()
+    {
+        for partial in after
+            .iter()
+            .filter(|s| !before.contains(&s.info.id) && s.info.received_uuid.is_none())
+        {
+            // Best effort: the receive's error is what the user needs to see.
+            let _ = dir.delete_snapshot(&partial.name, partial.info.id);
+        }
+    }
+    result
 }
 
 /// Streams backup `key` through `pipe_through` into `btrfs receive --dump`, which parses every

@@ -6,6 +6,8 @@
 //! `cargo test`) it prints how to run them and returns `None`, and the test returns early.
 #![forbid(unsafe_code)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
