@@ -194,7 +194,7 @@ struct RawEndpoint {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "true, false or the path of a CA bundle")]
 enum RawVerify {
     Bool(bool),
     Path(String),
@@ -324,15 +324,36 @@ fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<
                 message = stripped.to_owned();
             }
         }
-        if message == "unexpected end of input" && text.trim().is_empty() {
+        let only_comments = text
+            .lines()
+            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
+        if message == "unexpected end of input" && only_comments {
             "the file is empty; it needs timezone, sources and remotes".clone_into(&mut message);
+        } else if position == Some((1, 1)) && message == "expected mapping start" {
+            "the file must be a mapping with the keys timezone, sources and remotes"
+                .clone_into(&mut message);
         }
+        message = friendlier(&message);
         ConfigError {
             path: path.to_path_buf(),
             position,
             message,
         }
     })
+}
+
+/// The YAML library's messages in the words of a config's reader.
+fn friendlier(message: &str) -> String {
+    let message = message
+        .trim_end_matches(", set DuplicateKeyPolicy in Options if acceptable")
+        .to_owned();
+    match message.as_str() {
+        "expected sequence start" => "expected a list here".to_owned(),
+        "expected mapping start" => "expected a mapping (key: value) here".to_owned(),
+        "expected string scalar" => "expected a single value (a string) here".to_owned(),
+        "recursion limit exceeded" => "the YAML is nested too deeply".to_owned(),
+        _ => message,
+    }
 }
 
 /// Where each remote id is defined: id → line.
@@ -449,17 +470,7 @@ fn parse_sources(
                 .value
                 .parse()
                 .map_err(|e| at(&raw_upload.preserve.referenced, format!("preserve: {e}")))?;
-            let mut pipe_through = Vec::new();
-            for command in raw_upload.pipe_through.unwrap_or_default() {
-                if command.value.first().is_none_or(String::is_empty) {
-                    return Err(at(
-                        &command.referenced,
-                        "pipe_through: a command must be a non-empty list whose first item names a program"
-                            .to_owned(),
-                    ));
-                }
-                pipe_through.push(command.value);
-            }
+            let pipe_through = parse_pipe_through(raw_upload.pipe_through.unwrap_or_default(), at)?;
             uploads.push(UploadConfig {
                 remote_id: id,
                 preserve,
@@ -474,6 +485,28 @@ fn parse_sources(
     }
 
     Ok(sources)
+}
+
+/// Checks that every `pipe_through` command names a program.
+fn parse_pipe_through(
+    commands: Vec<Spanned<Vec<String>>>,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<Vec<Vec<String>>, ConfigError> {
+    let rule = "pipe_through: a command must be a non-empty list whose first item names a program";
+    commands
+        .into_iter()
+        .map(|command| match command.value.first() {
+            None => Err(at(
+                &command.referenced,
+                format!("{rule} (this one is empty)"),
+            )),
+            Some(program) if program.is_empty() => Err(at(
+                &command.referenced,
+                format!("{rule} (this one's program is an empty string)"),
+            )),
+            Some(_) => Ok(command.value),
+        })
+        .collect()
 }
 
 fn remote_config(
@@ -692,7 +725,7 @@ remotes:
                 "timezone: America/Los_Angeles",
                 "timezone: [UTC]",
                 Some((1, 11)),
-                "expected string",
+                "expected a single value",
             ),
             (
                 "timezone: America/Los_Angeles",
@@ -746,7 +779,7 @@ remotes:
                 "          - [zstd, -T0]",
                 "          - zstd -T0",
                 Some((9, 13)),
-                "expected sequence",
+                "expected a list here",
             ),
             (
                 "      - id: local",
@@ -800,7 +833,7 @@ remotes:
                 "        verify: false",
                 "        verify: 3",
                 Some((28, 17)),
-                "did not match any variant",
+                "true, false or the path of a CA bundle",
             ),
             (
                 "        aws_access_key_id: AKIAEXAMPLE\n",
