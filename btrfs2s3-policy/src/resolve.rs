@@ -112,6 +112,13 @@ flag_set! {
         NO_SNAPSHOT = 2 => "NoSnapshot",
         /// A backup is kept for a span whose nominal snapshot is newer than the backup.
         SNAPSHOT_IS_NEWER = 3 => "SnapshotIsNewer",
+        /// A new backup of the nominal snapshot replaces the span's nominal backup, which is of
+        /// another snapshot with the same content (equal ctransids; a snapshot taken by hand,
+        /// or taken again after the first was deleted): a span keeps the backup of its own
+        /// nominal snapshot, the one that stays on disk as the send parent of later
+        /// differentials. Not in the Python tool, which keeps both and may change its mind on
+        /// a later run.
+        REPLACING_EQUIVALENT = 4 => "ReplacingEquivalent",
     }
 }
 
@@ -186,8 +193,11 @@ pub struct Resolution {
 ///
 /// 1. **`Preserved`.** For each span that some snapshot or backup belongs to and that the policy
 ///    preserves, keep its nominal (first) snapshot S, and a backup of it unless the span's
-///    nominal backup B is older than S; keep B when it is S's backup, older than S, or there
-///    is no S.
+///    nominal backup B is older than S or is S's own backup; keep B when it is S's backup,
+///    older than S, or there is no S. (The Python tool compares ctransids only, so a B of
+///    another snapshot with S's content counts as S's backup there; here a new backup of S
+///    replaces it, flagged [`Flags::REPLACING_EQUIVALENT`], because only a backup whose
+///    snapshot is on disk can be the send parent of the next differential.)
 /// 2. **`MostRecent`.** Keep the snapshot with the largest ctransid, and a backup of it.
 /// 3. **`SendAncestor`.** Keep the send parent of every kept backup, transitively, creating a
 ///    backup of the parent snapshot when none exists.
@@ -449,6 +459,10 @@ impl<S: Item, B: BackupItem> Resolver<'_, S, B> {
             let snapshot = self.snapshots.nominal(&span);
             let backup = self.backups.nominal(&span);
             let ctransid_of_backup = backup.map(|b| self.backup_items[b].ctransid());
+            let backup_of_other_snapshot = backup.is_some_and(|b| {
+                snapshot
+                    .is_some_and(|s| self.backup_items[b].uuid() != self.snapshots.items[s].uuid())
+            });
             if let Some(s) = snapshot {
                 self.mark_snapshot(s, why);
                 let snapshot_ctransid = self.snapshots.items[s].ctransid();
@@ -458,6 +472,9 @@ impl<S: Item, B: BackupItem> Resolver<'_, S, B> {
                     }
                     Some(b) if b > snapshot_ctransid => {
                         self.keep_backup_of_snapshot(s, Flags::REPLACING_NEWER, why);
+                    }
+                    Some(b) if b == snapshot_ctransid && backup_of_other_snapshot => {
+                        self.keep_backup_of_snapshot(s, Flags::REPLACING_EQUIVALENT, why);
                     }
                     Some(_) => {}
                 }
@@ -471,7 +488,7 @@ impl<S: Item, B: BackupItem> Resolver<'_, S, B> {
                     Some(s) if ctransid < s => {
                         self.mark_backup(uuid, send_parent, why, Flags::SNAPSHOT_IS_NEWER);
                     }
-                    Some(s) if ctransid == s => {
+                    Some(s) if ctransid == s && !backup_of_other_snapshot => {
                         self.mark_backup(uuid, send_parent, why, Flags::empty());
                     }
                     Some(_) => {}
@@ -591,6 +608,7 @@ mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 any::<prop::sample::Index>(),
+                proptest::bool::weighted(0.2),
             ),
             0..40,
         );
@@ -599,12 +617,19 @@ mod tests {
                 let mut ctime = 1_767_225_600;
                 let mut snapshots = Vec::new();
                 let mut backups: Vec<Thing> = Vec::new();
-                for (n, (gap, has_snapshot, has_backup, parent)) in things.into_iter().enumerate() {
+                let mut ctransid = 7;
+                for (n, (gap, has_snapshot, has_backup, parent, unchanged)) in
+                    things.into_iter().enumerate()
+                {
                     ctime += gap;
+                    // Some snapshots are taken again without a change: equal ctransids.
+                    if !unchanged {
+                        ctransid += 10;
+                    }
                     let thing = Thing {
                         uuid: Uuid::from_u128(n as u128 + 1),
                         ctime: Timestamp::from_second(ctime).unwrap(),
-                        ctransid: 10 * i64::try_from(n).unwrap() + 7,
+                        ctransid,
                         send_parent: None,
                     };
                     if has_backup {
@@ -632,6 +657,40 @@ mod tests {
                 }
             },
         )
+    }
+
+    fn thing(n: u128, ctime: &str, ctransid: i64, send_parent: Option<u128>) -> Thing {
+        Thing {
+            uuid: Uuid::from_u128(n),
+            ctime: ctime.parse().unwrap(),
+            ctransid,
+            send_parent: send_parent.map(Uuid::from_u128),
+        }
+    }
+
+    #[test]
+    fn a_backup_of_a_gone_snapshot_with_the_same_content_is_replaced() {
+        // Snapshot 1 was backed up, then deleted by hand and taken again as snapshot 2, with
+        // no change in between: backup 1 has snapshot 2's content, but not its uuid, so the
+        // next differential (sent against snapshot 2) could not be received on top of it.
+        let policy = Policy::new(
+            "1y".parse().unwrap(),
+            TimeZone::UTC,
+            "2026-06-01T00:00:00Z".parse().unwrap(),
+        );
+        let backup1 = thing(1, "2026-01-05T10:00:00Z", 100, None);
+        let snapshot2 = thing(2, "2026-01-05T11:00:00Z", 100, None);
+        let on_disk = [snapshot2.clone()];
+        let first = resolve(&on_disk, std::slice::from_ref(&backup1), &policy);
+        let kept = &first.backups[&snapshot2.uuid];
+        assert!(kept.is_new());
+        assert!(kept.keep.flags.contains(Flags::REPLACING_EQUIVALENT));
+        assert_eq!(kept.send_parent, None);
+        assert!(!first.backups.contains_key(&backup1.uuid), "{first:?}");
+        // Once the new backup exists, the next run keeps it, and still not backup 1.
+        let second = resolve(&on_disk, &[backup1.clone(), snapshot2.clone()], &policy);
+        assert_eq!(second.backups.keys().collect::<Vec<_>>(), [&snapshot2.uuid]);
+        assert!(!second.backups[&snapshot2.uuid].is_new());
     }
 
     proptest! {
