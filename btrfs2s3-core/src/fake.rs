@@ -44,6 +44,12 @@ pub struct FakeWorld {
     pub failing_snapshots: BTreeSet<String>,
     /// Every operation, in order.
     pub log: Vec<String>,
+    /// When set, this many more operations succeed, then every one fails (a crash).
+    pub crash_after: Option<usize>,
+    /// Each source's current ctransid (it grows as the source changes).
+    pub source_ctransid: Vec<u64>,
+    /// The next subvolume id.
+    pub next_id: u64,
 }
 
 impl FakeWorld {
@@ -58,7 +64,69 @@ impl FakeWorld {
             failing_keys: BTreeSet::new(),
             failing_snapshots: BTreeSet::new(),
             log: Vec::new(),
+            crash_after: None,
+            source_ctransid: Vec::new(),
+            next_id: 1000,
         }
+    }
+
+    /// One more operation: fails once the crash budget is spent.
+    fn operate(&mut self) -> Result<(), WorldError> {
+        match &mut self.crash_after {
+            Some(0) => Err("crashed".into()),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The source changed.
+    pub fn touch(&mut self, source: usize) {
+        self.source_ctransid[source] += 7;
+    }
+
+    /// What `assess` does before planning: snapshot each source that changed since its
+    /// newest snapshot. Returns how many snapshots it took.
+    pub fn take_snapshots(&mut self) -> usize {
+        for snapshots in self.snapshots.values_mut() {
+            for snapshot in snapshots.values_mut() {
+                snapshot.origin = Origin::Existing;
+            }
+        }
+        let mut taken = 0;
+        for source in 0..self.sources.len() {
+            let low = self.sources[source].uuid.as_u128() & 0xffff;
+            let newest = self
+                .snapshots
+                .get(&self.sources[source].directory)
+                .and_then(|snapshots| {
+                    snapshots
+                        .values()
+                        .filter(|s| s.uuid.as_u128() & 0xffff == low)
+                        .map(|s| s.ctransid)
+                        .max()
+                });
+            if newest.is_some_and(|newest| newest >= self.source_ctransid[source]) {
+                continue;
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            let name = format!("{}.NEW.{id}", self.sources[source].name);
+            let now = self.now.to_string();
+            let ctransid = self.source_ctransid[source];
+            self.add_snapshot(source, &name, id, &now, ctransid);
+            if let Some(snapshot) = self
+                .snapshots
+                .get_mut(&self.sources[source].directory)
+                .and_then(|s| s.get_mut(&id))
+            {
+                snapshot.origin = Origin::Created;
+            }
+            taken += 1;
+        }
+        taken
     }
 
     /// Adds a source `name` in `/pool`, snapshotted into `/pool/.snapshots`, backed up to
@@ -75,6 +143,7 @@ impl FakeWorld {
                 }
             })
             .collect();
+        self.source_ctransid.push(100);
         self.sources.push(FakeSource {
             path: PathBuf::from("/pool").join(name),
             name: name.to_owned(),
@@ -233,6 +302,7 @@ impl World for FakeWorld {
         to: &str,
         id: u64,
     ) -> Result<(), WorldError> {
+        self.operate()?;
         self.snapshot_mut(directory, from, id)?.name = to.to_owned();
         self.log.push(format!("rename {from} {to}"));
         Ok(())
@@ -244,6 +314,7 @@ impl World for FakeWorld {
         name: &str,
         id: u64,
     ) -> Result<(), WorldError> {
+        self.operate()?;
         self.snapshot_mut(directory, name, id)?;
         if let Some(snapshots) = self.snapshots.get_mut(directory) {
             snapshots.remove(&id);
@@ -257,6 +328,7 @@ impl World for FakeWorld {
         job: &UploadJob<'_>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, WorldError> {
+        self.operate()?;
         self.snapshot_mut(job.directory, job.snapshot.0, job.snapshot.1)?;
         if let Some((name, id)) = job.send_parent {
             self.snapshot_mut(job.directory, name, id)?;
@@ -280,6 +352,7 @@ impl World for FakeWorld {
         key: &str,
         upload_id: &str,
     ) -> Result<(), WorldError> {
+        self.operate()?;
         if self
             .pending_uploads
             .remove(&(remote.to_owned(), key.to_owned(), upload_id.to_owned()))
@@ -292,6 +365,7 @@ impl World for FakeWorld {
     }
 
     async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError> {
+        self.operate()?;
         let objects = self.objects.entry(remote.to_owned()).or_default();
         for key in keys {
             if objects.remove(key).is_none() {

@@ -18,4 +18,6 @@ pub mod lock;
 pub mod pipeline;
 pub mod plan;
 pub mod restore;
+#[cfg(test)]
+mod safety;
 pub mod update;

@@ -83,6 +83,20 @@ fn test() -> Result<()> {
     testenv::require_root("cargo xtask test")?;
     let env = testenv::TestEnv::start()?;
     cmd::run(env.apply(cmd::cargo().args(["test", "--workspace"])))?;
+    // The safety properties over many more generated histories than the quick run above: in
+    // a release build, where 100,000 take about half a minute.
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "btrfs2s3-core",
+                "--lib",
+                "safety",
+            ])
+            .env("BTRFS2S3_SAFETY_HISTORIES", "100000"),
+    )?;
     Ok(())
 }
 
