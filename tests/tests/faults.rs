@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use btrfs2s3_tests::TestEnv;
@@ -76,11 +76,7 @@ fn assert_repairable(fixture: &Fixture, proxy: &FaultProxy, context: &str) {
         0,
         "{context}: no multipart upload left"
     );
-    let verify = Command::new(support::binary())
-        .arg("verify")
-        .arg(&fixture.config)
-        .output()
-        .unwrap();
+    let verify = fixture.btrfs2s3(&["verify"]);
     assert!(
         verify.status.success(),
         "{context}: {}{}",
@@ -92,18 +88,6 @@ fn assert_repairable(fixture: &Fixture, proxy: &FaultProxy, context: &str) {
         stdout(&output).contains("actions: none"),
         "{context}: {}",
         stdout(&output)
-    );
-}
-
-fn assert_no_secret(fixture: &Fixture, output: &Output, context: &str) {
-    let secret = &fixture.remotes[0].1.secret_access_key;
-    assert!(
-        !stdout(output).contains(secret.as_str()),
-        "{context}: the secret is on stdout"
-    );
-    assert!(
-        !stderr(output).contains(secret.as_str()),
-        "{context}: the secret is on stderr"
     );
 }
 
@@ -150,7 +134,7 @@ fn transient_faults_are_retried() {
         proxy.add(matcher, fault, times);
         let output = fixture.btrfs2s3(&["-v", "update", "--force"]);
         assert!(output.status.success(), "{name}: {}", stderr(&output));
-        assert_no_secret(&fixture, &output, name);
+        fixture.assert_no_secret(&output, name);
         let injected = proxy
             .log()
             .iter()
@@ -222,7 +206,7 @@ fn lasting_faults_fail_clearly_and_leave_nothing_half_done() {
                 "{name}: names the key: {message}"
             );
         }
-        assert_no_secret(&fixture, &output, name);
+        fixture.assert_no_secret(&output, name);
         // No object that looks like a backup appeared.
         assert!(fixture.keys(0).is_empty(), "{name}: {:?}", fixture.keys(0));
         assert_repairable(&fixture, &proxy, name);
@@ -258,11 +242,7 @@ fn truncated_downloads_are_errors() {
     let (fixture, proxy) = behind_proxy(env, "truncated");
     fixture.update(&[]);
     proxy.add(Match::get_object(), Fault::TruncateBody, 1000);
-    let output = Command::new(support::binary())
-        .arg("verify")
-        .arg(&fixture.config)
-        .output()
-        .unwrap();
+    let output = fixture.btrfs2s3(&["verify"]);
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
     let report = stdout(&output);
     assert!(
@@ -274,13 +254,7 @@ fn truncated_downloads_are_errors() {
         .btrfs_receive
         .join(btrfs2s3_tests::unique_name("truncated"));
     std::fs::create_dir(&dest).unwrap();
-    let output = Command::new(support::binary())
-        .arg("restore")
-        .arg(&fixture.config)
-        .arg("--dest")
-        .arg(&dest)
-        .output()
-        .unwrap();
+    let output = fixture.btrfs2s3(&["restore", "--dest", dest.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let leftovers: Vec<_> = std::fs::read_dir(&dest).unwrap().collect();
     assert!(

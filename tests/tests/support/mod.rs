@@ -139,13 +139,28 @@ impl Fixture {
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    /// Runs `btrfs2s3 <args> <config>`.
+    /// Runs `btrfs2s3 <args> <config>`; whatever happened, no secret is in its output.
     pub fn btrfs2s3(&self, args: &[&str]) -> Output {
-        Command::new(binary())
+        let output = Command::new(binary())
             .args(args)
             .arg(&self.config)
             .output()
-            .expect("btrfs2s3 runs")
+            .expect("btrfs2s3 runs");
+        self.assert_no_secret(&output, &args.join(" "));
+        output
+    }
+
+    /// No secret access key of the config appears on the standard output or error of a run.
+    pub fn assert_no_secret(&self, output: &Output, context: &str) {
+        for (id, server, _) in &self.remotes {
+            let secret = server.secret_access_key.as_str();
+            for (stream, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+                assert!(
+                    !String::from_utf8_lossy(bytes).contains(secret),
+                    "{context}: the secret access key of {id} is on {stream}"
+                );
+            }
+        }
     }
 
     /// Runs `btrfs2s3 update --force <extra> <config>` and insists on success.
