@@ -77,6 +77,11 @@ impl Drop for Unmount {
 
 /// After a repair run: nothing half-done anywhere, and nothing left to do.
 fn assert_consistent(fixture: &Fixture, context: &str) {
+    assert_eq!(
+        &shape(fixture),
+        uninterrupted_shape(fixture.env),
+        "{context}: the repaired state is what an uninterrupted run keeps"
+    );
     let names = fixture.snapshot_names();
     assert!(
         names.iter().all(|name| !name.contains(".NEW.")),
@@ -104,6 +109,58 @@ fn assert_consistent(fixture: &Fixture, context: &str) {
             stderr(&verify)
         );
     }
+}
+
+/// What is kept, independent of uuids and times: the number of snapshots, and for each
+/// remote the depth of every backup in its tree (0 for a full backup, 1 for a differential
+/// against a full one, ...), sorted by ctransid.
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    snapshots: usize,
+    depths: Vec<Vec<usize>>,
+}
+
+fn shape(fixture: &Fixture) -> Shape {
+    let depths = (0..fixture.remotes.len())
+        .map(|index| {
+            let mut backups: Vec<btrfs2s3_s3::BackupMeta> = fixture
+                .keys(index)
+                .iter()
+                .filter_map(|key| btrfs2s3_s3::BackupMeta::parse_key(key).ok())
+                .collect();
+            backups.sort_by_key(|meta| meta.ctransid);
+            let depth = |meta: &btrfs2s3_s3::BackupMeta| {
+                let mut depth = 0;
+                let mut parent = meta.send_parent_uuid;
+                while let Some(uuid) = parent {
+                    depth += 1;
+                    parent = backups
+                        .iter()
+                        .find(|other| other.uuid == uuid)
+                        .and_then(|other| other.send_parent_uuid);
+                }
+                depth
+            };
+            backups.iter().map(depth).collect()
+        })
+        .collect();
+    Shape {
+        snapshots: fixture.snapshot_names().len(),
+        depths,
+    }
+}
+
+/// The shape after an uninterrupted run on the history, made once per test binary.
+fn uninterrupted_shape(env: &'static TestEnv) -> &'static Shape {
+    static SHAPE: std::sync::OnceLock<Shape> = std::sync::OnceLock::new();
+    SHAPE.get_or_init(|| {
+        let fixture = history(env, "uninterrupted", None);
+        fixture.update(&["--now", LATER]);
+        let shape = shape(&fixture);
+        // A full backup and a differential per remote at least, or the comparison is weak.
+        assert!(shape.depths.iter().all(|d| d.len() >= 2), "{shape:?}");
+        shape
+    })
 }
 
 /// A verbose run that dies at `failpoint`; whatever it printed holds no secret.
@@ -214,7 +271,7 @@ fn kills_at_random_moments_are_repaired_by_the_next_run() {
     let Some(env) = TestEnv::get("kills_at_random_moments_are_repaired_by_the_next_run") else {
         return;
     };
-    for seed in 1..=6u64 {
+    for seed in 1..=10u64 {
         let fixture = history(env, &format!("kill-{seed}"), None);
         let delay =
             Duration::from_millis(noise(2, seed).iter().map(|b| u64::from(*b)).sum::<u64>() * 4);
