@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io::{self, Write};
 
 use btrfs2s3_core::execute::ActionResult;
 use btrfs2s3_core::plan::{Action, Origin, Plan, PlannedBackup};
@@ -27,21 +28,34 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// Lays out rows in columns separated by two spaces.
-pub fn table(rows: &[Vec<String>], indent: &str) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|row| row.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = indent.to_owned();
+/// Lays out rows in columns separated by two spaces, written as they are made.
+///
+/// `rows` produces the rows by calling its argument once per row, and is run twice: once to
+/// measure the columns, once to write. Nothing but one row is held at a time, so printing a
+/// plan of a hundred thousand backups costs no memory beyond the plan.
+pub fn write_table(
+    out: &mut dyn Write,
+    indent: &str,
+    rows: impl Fn(&mut dyn FnMut(&[&str])),
+) -> io::Result<()> {
+    let mut widths: Vec<usize> = Vec::new();
+    rows(&mut |row| {
+        for (c, cell) in row.iter().enumerate() {
+            let width = cell.chars().count();
+            match widths.get_mut(c) {
+                Some(max) => *max = (*max).max(width),
+                None => widths.push(width),
+            }
+        }
+    });
+    let mut result = Ok(());
+    let mut line = String::new();
+    rows(&mut |row| {
+        if result.is_err() {
+            return;
+        }
+        line.clear();
+        line.push_str(indent);
         for (c, cell) in row.iter().enumerate() {
             if c + 1 == row.len() {
                 line.push_str(cell);
@@ -49,57 +63,46 @@ pub fn table(rows: &[Vec<String>], indent: &str) -> String {
                 let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
             }
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+        result = writeln!(out, "{}", line.trim_end());
+    });
+    result
 }
 
-/// The whole preview.
-#[must_use]
-pub fn render_plan(plan: &Plan) -> String {
-    let mut out = String::new();
-    out.push_str("snapshots:\n");
+/// Writes the whole preview.
+pub fn write_plan(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "snapshots:")?;
     if plan.snapshots.is_empty() {
-        out.push_str("  (none)\n");
+        writeln!(out, "  (none)")?;
     } else {
-        let mut rows = vec![
-            ["", "path", "ctime", "ctransid", "keep"]
-                .map(str::to_owned)
-                .to_vec(),
-        ];
-        for snapshot in &plan.snapshots {
-            let marker = match (snapshot.origin, &snapshot.keep) {
-                (Origin::Created | Origin::Planned, _) => "+",
-                (_, None) => "-",
-                _ => " ",
-            };
-            let name = match snapshot.origin {
-                Origin::Planned => format!(
-                    "{} (to be created)",
-                    snapshot.directory.join(&snapshot.name).display()
-                ),
-                _ => snapshot
-                    .directory
-                    .join(&snapshot.name)
-                    .display()
-                    .to_string(),
-            };
-            rows.push(vec![
-                marker.to_owned(),
-                name,
-                snapshot.ctime.clone(),
-                snapshot.ctransid.to_string(),
-                snapshot.keep.as_ref().map_or_else(
+        write_table(out, "  ", |row| {
+            row(&["", "path", "ctime", "ctransid", "keep"]);
+            for snapshot in &plan.snapshots {
+                let marker = match (snapshot.origin, &snapshot.keep) {
+                    (Origin::Created | Origin::Planned, _) => "+",
+                    (_, None) => "-",
+                    _ => " ",
+                };
+                let path = snapshot.directory.join(&snapshot.name);
+                let name = match snapshot.origin {
+                    Origin::Planned => format!("{} (to be created)", path.display()),
+                    _ => path.display().to_string(),
+                };
+                let keep = snapshot.keep.as_ref().map_or_else(
                     || "not kept: destroy".to_owned(),
                     btrfs2s3_core::plan::KeepSummary::describe,
-                ),
-            ]);
-        }
-        out.push_str(&table(&rows, "  "));
+                );
+                row(&[
+                    marker,
+                    &name,
+                    &snapshot.ctime,
+                    &snapshot.ctransid.to_string(),
+                    &keep,
+                ]);
+            }
+        })?;
     }
 
-    out.push_str("\nbackups:\n");
+    writeln!(out, "\nbackups:")?;
     let remotes: BTreeSet<&str> = plan
         .backups
         .iter()
@@ -108,38 +111,33 @@ pub fn render_plan(plan: &Plan) -> String {
         .collect();
     for remote in remotes {
         let foreign = plan.foreign_objects.get(remote).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "  {remote}{}",
-            if foreign > 0 {
-                format!(" ({foreign} other object(s), never touched)")
-            } else {
-                String::new()
-            }
-        );
+        if foreign > 0 {
+            writeln!(out, "  {remote} ({foreign} other object(s), never touched)")?;
+        } else {
+            writeln!(out, "  {remote}")?;
+        }
         let backups: Vec<&PlannedBackup> =
             plan.backups.iter().filter(|b| b.remote == remote).collect();
         if backups.is_empty() {
-            out.push_str("    (no backups)\n");
+            writeln!(out, "    (no backups)")?;
             continue;
         }
-        out.push_str(&backup_tree(&backups));
+        write_backup_tree(&backups, out)?;
     }
 
-    let actions: Vec<&Action> = plan.actions.iter().collect();
-    if actions.is_empty() {
-        out.push_str("\nactions: none\n");
+    if plan.actions.is_empty() {
+        writeln!(out, "\nactions: none")?;
     } else {
-        out.push_str("\nactions:\n");
-        for action in actions {
-            let _ = writeln!(out, "  {}", describe_action(action));
+        writeln!(out, "\nactions:")?;
+        for action in &plan.actions {
+            writeln!(out, "  {}", describe_action(action))?;
         }
     }
-    out
+    Ok(())
 }
 
 /// Full backups at the root, differentials under their send parent.
-fn backup_tree(backups: &[&PlannedBackup]) -> String {
+fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Result<()> {
     let present: BTreeSet<Uuid> = backups.iter().map(|b| b.uuid).collect();
     let mut children: BTreeMap<Uuid, Vec<&PlannedBackup>> = BTreeMap::new();
     let mut roots = Vec::new();
@@ -151,44 +149,61 @@ fn backup_tree(backups: &[&PlannedBackup]) -> String {
             _ => roots.push(*backup),
         }
     }
-    let mut rows = Vec::new();
-    let mut stack: Vec<(&PlannedBackup, usize)> = roots.iter().rev().map(|b| (*b, 0)).collect();
     // Roots and children in ctransid order.
-    stack.sort_by_key(|(b, _)| std::cmp::Reverse(b.ctransid));
-    while let Some((backup, depth)) = stack.pop() {
-        let marker = if backup.new {
-            "+"
-        } else if backup.keep.is_none() {
-            "-"
-        } else {
-            " "
-        };
-        let mut name = format!("{}{}", "  ".repeat(depth), backup.key);
-        if backup
-            .send_parent
-            .is_some_and(|parent| !present.contains(&parent))
-        {
-            name.push_str(" (send parent missing: broken chain)");
-        }
-        let keep = match &backup.keep {
-            None => "not kept: delete".to_owned(),
-            Some(keep) if keep.flags.contains(Flags::NEW) => format!("new: {}", keep.describe()),
-            Some(keep) => keep.describe(),
-        };
-        rows.push(vec![
-            marker.to_owned(),
-            name,
-            keep,
-            backup.size.map_or_else(|| "-".to_owned(), bytes),
-            backup.storage_class.clone().unwrap_or_default(),
-        ]);
-        if let Some(kids) = children.get(&backup.uuid) {
-            let mut kids = kids.clone();
-            kids.sort_by_key(|b| std::cmp::Reverse(b.ctransid));
-            stack.extend(kids.into_iter().map(|b| (b, depth + 1)));
-        }
+    roots.sort_by_key(|b| b.ctransid);
+    for kids in children.values_mut() {
+        kids.sort_by_key(|b| b.ctransid);
     }
-    table(&rows, "    ")
+    write_table(out, "    ", |row| {
+        let mut stack: Vec<(&PlannedBackup, usize)> = roots.iter().rev().map(|b| (*b, 0)).collect();
+        while let Some((backup, depth)) = stack.pop() {
+            let marker = if backup.new {
+                "+"
+            } else if backup.keep.is_none() {
+                "-"
+            } else {
+                " "
+            };
+            let mut name = format!("{}{}", "  ".repeat(depth), backup.key);
+            if backup
+                .send_parent
+                .is_some_and(|parent| !present.contains(&parent))
+            {
+                name.push_str(" (send parent missing: broken chain)");
+            }
+            let keep = match &backup.keep {
+                None => "not kept: delete".to_owned(),
+                Some(keep) if keep.flags.contains(Flags::NEW) => {
+                    format!("new: {}", keep.describe())
+                }
+                Some(keep) => keep.describe(),
+            };
+            let size = backup.size.map_or_else(|| "-".to_owned(), bytes);
+            row(&[
+                marker,
+                &name,
+                &keep,
+                &size,
+                backup.storage_class.as_deref().unwrap_or_default(),
+            ]);
+            if let Some(kids) = children.get(&backup.uuid) {
+                stack.extend(kids.iter().rev().map(|b| (*b, depth + 1)));
+            }
+        }
+    })
+}
+
+/// Prints `value` as pretty JSON on standard output, serialized as it is written. A failure
+/// to write (standard output closed) is reported on standard error.
+pub fn print_json(value: &impl serde::Serialize) {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    if let Err(error) = written {
+        eprintln!("btrfs2s3: cannot print the JSON output: {error}");
+    }
 }
 
 /// One line describing an action.
@@ -251,5 +266,103 @@ pub fn describe_result(result: &ActionResult) -> String {
         ActionResult::Done { bytes: None } => "done".to_owned(),
         ActionResult::Failed { error } => format!("FAILED: {error}"),
         ActionResult::Skipped { reason } => format!("skipped: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use btrfs2s3_core::plan::{KeepSummary, Plan, PlannedBackup};
+    use btrfs2s3_policy::{Flags, Reasons};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn render(plan: &Plan) -> String {
+        let mut out = Vec::new();
+        write_plan(plan, &mut out).expect("writing to memory");
+        String::from_utf8(out).expect("the preview is text")
+    }
+
+    fn backup(n: u128, parent: Option<u128>, ctransid: i64, kept: bool) -> PlannedBackup {
+        PlannedBackup {
+            remote: "r".to_owned(),
+            key: format!("key{n}").into(),
+            source: "/src".into(),
+            uuid: Uuid::from_u128(n),
+            send_parent: parent.map(Uuid::from_u128),
+            ctime: "2026-01-01T00:00:00+00:00".to_owned(),
+            ctransid,
+            size: Some(1 << 20),
+            storage_class: None,
+            new: false,
+            keep: kept.then(|| KeepSummary {
+                reasons: Reasons::PRESERVED,
+                flags: Flags::default(),
+                time_spans: vec![format!("span {n}")],
+            }),
+        }
+    }
+
+    fn plan(backups: Vec<PlannedBackup>) -> Plan {
+        Plan {
+            now: jiff::Timestamp::UNIX_EPOCH,
+            timezone: "UTC".to_owned(),
+            snapshots: Vec::new(),
+            backups,
+            foreign_objects: BTreeMap::new(),
+            broken_chains: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell() {
+        let mut out = Vec::new();
+        write_table(&mut out, "> ", |row| {
+            row(&["a", "bbbb", "c"]);
+            row(&["aaa", "b", "last cell is not padded"]);
+            row(&["a", "b", ""]);
+        })
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "> a    bbbb  c\n> aaa  b     last cell is not padded\n> a    b\n"
+        );
+    }
+
+    #[test]
+    fn differentials_are_shown_under_their_send_parent_in_ctransid_order() {
+        let text = render(&plan(vec![
+            backup(3, Some(1), 30, true),
+            backup(2, Some(1), 20, false),
+            backup(1, None, 10, true),
+            backup(4, Some(9), 40, true),
+        ]));
+        // (marker, depth, key, broken) of each backup row: "    " indent, marker, two
+        // spaces, then two spaces per level before the key.
+        let rows: Vec<(char, usize, &str, bool)> = text
+            .lines()
+            .filter(|line| line.contains("key"))
+            .map(|line| {
+                let marker = line.chars().nth(4).unwrap();
+                let name = &line[7..];
+                let key = name.trim_start().split(' ').next().unwrap();
+                let depth = (name.len() - name.trim_start().len()) / 2;
+                (marker, depth, key, line.contains("broken chain"))
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (' ', 0, "key1", false),
+                ('-', 1, "key2", false),
+                (' ', 1, "key3", false),
+                (' ', 0, "key4", true),
+            ],
+            "{text}"
+        );
+        assert!(text.ends_with("\nactions: none\n"), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 //! the command line.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use btrfs2s3_core::catalog::{Catalog, CatalogView, Remote, RemoteConfig, SelectError, Selection};
@@ -150,56 +150,64 @@ pub fn list(args: &ListArgs) -> u8 {
         }
     }
     if args.json {
-        let value =
-            serde_json::json!({ "timezone": target.timezone.iana_name(), "remotes": views });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        #[derive(serde::Serialize)]
+        struct Printed<'a> {
+            timezone: Option<&'a str>,
+            remotes: &'a [CatalogView],
+        }
+        crate::output::print_json(&Printed {
+            timezone: target.timezone.iana_name(),
+            remotes: &views,
+        });
     } else {
-        for view in &views {
-            print!("{}", render_catalog(view));
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = views
+            .iter()
+            .try_for_each(|view| write_catalog(view, &mut out))
+            .and_then(|()| out.flush());
+        if let Err(error) = written {
+            eprintln!("btrfs2s3: cannot print the list: {error}");
+            return exit::FAILURE;
         }
     }
     exit::OK
 }
 
 /// The tree of one remote as text.
-fn render_catalog(view: &CatalogView) -> String {
-    use std::fmt::Write as _;
+fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()> {
     let count: usize = view.sources.iter().map(|s| s.backups.len()).sum();
-    let mut out = format!(
-        "remote {} (bucket {}): {count} backup(s) of {} source(s), {} other object(s)\n",
+    writeln!(
+        out,
+        "remote {} (bucket {}): {count} backup(s) of {} source(s), {} other object(s)",
         view.remote,
         view.bucket,
         view.sources.len(),
         view.foreign_objects
-    );
+    )?;
     for source in &view.sources {
-        let _ = writeln!(out, "  source {} (uuid {})", source.name, source.uuid);
-        let mut rows = vec![
-            ["uuid", "ctime", "ctransid", "size", "class", ""]
-                .map(str::to_owned)
-                .to_vec(),
-        ];
-        for backup in &source.backups {
-            let note = match (backup.send_parent, backup.broken) {
-                (Some(parent), true) => format!("BROKEN CHAIN: send parent {parent} is missing"),
-                (Some(_), false) => "differential".to_owned(),
-                (None, _) => "full".to_owned(),
-            };
-            rows.push(vec![
-                format!("{}{}", "  ".repeat(backup.depth), backup.uuid),
-                backup.ctime.clone(),
-                backup.ctransid.to_string(),
-                bytes(backup.size),
-                backup.storage_class.clone().unwrap_or_default(),
-                note,
-            ]);
-        }
-        out.push_str(&crate::output::table(&rows, "    "));
+        writeln!(out, "  source {} (uuid {})", source.name, source.uuid)?;
+        crate::output::write_table(out, "    ", |row| {
+            row(&["uuid", "ctime", "ctransid", "size", "class", ""]);
+            for backup in &source.backups {
+                let note = match (backup.send_parent, backup.broken) {
+                    (Some(parent), true) => {
+                        format!("BROKEN CHAIN: send parent {parent} is missing")
+                    }
+                    (Some(_), false) => "differential".to_owned(),
+                    (None, _) => "full".to_owned(),
+                };
+                row(&[
+                    &format!("{}{}", "  ".repeat(backup.depth), backup.uuid),
+                    &backup.ctime,
+                    &backup.ctransid.to_string(),
+                    &bytes(backup.size),
+                    backup.storage_class.as_deref().unwrap_or_default(),
+                    &note,
+                ]);
+            }
+        })?;
     }
-    out
+    Ok(())
 }
 
 /// Arguments of `restore`.

@@ -86,9 +86,9 @@ async fn run_async(
     let choice = if args.force || !interactive {
         Choice::Execute
     } else {
-        let question = plan.clone();
+        let created = plan.created_snapshots().count();
         tokio::select! {
-            choice = tokio::task::spawn_blocking(move || prompt(&question)) => choice.unwrap_or(Choice::Stop),
+            choice = tokio::task::spawn_blocking(move || prompt(created)) => choice.unwrap_or(Choice::Stop),
             () = cancel.cancelled() => return interrupted(&plan, None, &mut world, &signal),
         }
     };
@@ -169,9 +169,18 @@ fn show(plan: &Plan, args: &UpdateArgs, verbose: bool) -> Option<u8> {
             return Some(exit::OK);
         }
     } else {
-        print!("{}", output::render_plan(plan));
-        if verbose {
-            println!("policy evaluated at {} in {}", plan.now, plan.timezone);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = output::write_plan(plan, &mut out)
+            .and_then(|()| {
+                if verbose {
+                    writeln!(out, "policy evaluated at {} in {}", plan.now, plan.timezone)?;
+                }
+                Ok(())
+            })
+            .and_then(|()| out.flush());
+        if let Err(error) = written {
+            eprintln!("btrfs2s3: cannot print the plan: {error}");
+            return Some(exit::FAILURE);
         }
     }
     if args.pretend {
@@ -286,14 +295,15 @@ fn interrupted(
 }
 
 fn print_json(plan: &Plan, outcome: Option<&Outcome>) {
-    let value = match outcome {
-        Some(outcome) => serde_json::json!({ "plan": plan, "outcome": outcome }),
-        None => serde_json::json!({ "plan": plan }),
-    };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    );
+    /// Serialized as it is written: a plan of a hundred thousand backups is not copied into
+    /// a JSON tree first.
+    #[derive(serde::Serialize)]
+    struct Printed<'a> {
+        plan: &'a Plan,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        outcome: Option<&'a Outcome>,
+    }
+    output::print_json(&Printed { plan, outcome });
 }
 
 fn report(plan: &Plan, outcome: &Outcome, json: bool) -> u8 {
@@ -323,8 +333,7 @@ fn report(plan: &Plan, outcome: &Outcome, json: bool) -> u8 {
     exit::FAILURE
 }
 
-fn prompt(plan: &Plan) -> Choice {
-    let created = plan.created_snapshots().count();
+fn prompt(created: usize) -> Choice {
     let question = if created > 0 {
         println!(
             "{created} new read-only snapshot(s) were created for this run; `u` destroys them again."

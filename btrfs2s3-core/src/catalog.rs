@@ -136,7 +136,7 @@ pub async fn read(id: &str, config: &RemoteConfig) -> Result<(Remote, Catalog), 
         .backups
         .into_iter()
         .map(|backup| BackupState {
-            key: backup.object.key,
+            key: backup.object.key.into(),
             meta: backup.meta,
             size: backup.object.size,
             storage_class: backup.object.storage_class,
@@ -264,7 +264,7 @@ impl Catalog {
                 if let Some(parent_backup) = self.get(parent) {
                     current = parent_backup;
                 } else {
-                    broken.push((current.key.clone(), parent));
+                    broken.push((current.key.to_string(), parent));
                     break;
                 }
             }
@@ -353,7 +353,7 @@ impl Catalog {
                 continue;
             }
             out.push(BackupView {
-                key: backup.key.clone(),
+                key: backup.key.to_string(),
                 uuid: backup.meta.uuid,
                 send_parent: backup.meta.send_parent_uuid,
                 ctime: format_ctime(backup.meta.ctime, tz),
@@ -390,10 +390,12 @@ mod tests {
             ctime: Timestamp::from_second(1_800_000_000 + i64::try_from(n).unwrap()).unwrap(),
         };
         BackupState {
-            key: meta.key(
-                if source == 1000 { "home" } else { "media" },
-                &TimeZone::UTC,
-            ),
+            key: meta
+                .key(
+                    if source == 1000 { "home" } else { "media" },
+                    &TimeZone::UTC,
+                )
+                .into(),
             meta,
             size: 10,
             storage_class: None,
@@ -486,7 +488,7 @@ mod tests {
             "names the missing parent: {message}"
         );
         assert!(
-            message.contains(&backup(1000, 3, Some(2)).key),
+            message.contains(&*backup(1000, 3, Some(2)).key),
             "names the backup: {message}"
         );
         assert_eq!(broken.broken_chains().len(), 1);
@@ -524,7 +526,7 @@ mod tests {
     #[test]
     fn duplicate_keys_of_one_snapshot_count_once() {
         let mut copy = backup(1000, 1, None);
-        copy.key.push_str(".copy");
+        copy.key = format!("{}.copy", copy.key).into();
         let catalog = catalog(vec![backup(1000, 1, None), copy]);
         assert_eq!(catalog.backups().len(), 1);
     }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +64,7 @@ pub trait World {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, WorldError>;
     /// Deletes objects from a remote; fails if any of them was not deleted.
-    async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError>;
+    async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError>;
     /// Aborts a multipart upload.
     async fn abort_upload(
         &mut self,
@@ -357,7 +358,7 @@ impl<W: World> Executor<'_, W> {
         if to_delete.is_empty() {
             return;
         }
-        let keys: Vec<String> = to_delete
+        let keys: Vec<Arc<str>> = to_delete
             .iter()
             .filter_map(|action| match action {
                 Action::Delete { key, .. } => Some(key.clone()),
@@ -472,7 +473,7 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        world.failing_keys.insert(monthly_key);
+        world.failing_keys.insert(monthly_key.to_string());
         let (_, outcome) = run(&mut world);
         assert!(!outcome.succeeded());
         let result_of = |name: &str| {
@@ -567,7 +568,7 @@ mod tests {
         failing
             .failing_keys
             .extend(plan.actions.iter().filter_map(|a| match a {
-                Action::Upload { key, .. } => Some(key.clone()),
+                Action::Upload { key, .. } => Some(key.to_string()),
                 _ => None,
             }));
         let runtime = tokio::runtime::Builder::new_current_thread()

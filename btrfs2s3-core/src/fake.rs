@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use btrfs2s3_s3::BackupMeta;
 use jiff::Timestamp;
@@ -242,7 +243,7 @@ impl FakeWorld {
                 for (key, size) in objects {
                     match BackupMeta::parse_key(key) {
                         Ok(meta) => backups.push(BackupState {
-                            key: key.clone(),
+                            key: key.as_str().into(),
                             meta,
                             size: *size,
                             storage_class: None,
@@ -364,11 +365,11 @@ impl World for FakeWorld {
         }
     }
 
-    async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError> {
+    async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError> {
         self.operate()?;
         let objects = self.objects.entry(remote.to_owned()).or_default();
         for key in keys {
-            if objects.remove(key).is_none() {
+            if objects.remove(&**key).is_none() {
                 return Err(format!("no object {key} in {remote}").into());
             }
             self.log.push(format!("delete {remote} {key}"));

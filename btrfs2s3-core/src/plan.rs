@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use btrfs2s3_policy::{
     BackupItem, BrokenChain, Flags, Item, Keep, Params, Policy, Reasons, resolve,
@@ -117,8 +118,9 @@ pub struct PendingUpload {
 /// One backup object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupState {
-    /// Its key.
-    pub key: String,
+    /// Its key (shared with the plan's rows and actions: a bucket can hold a hundred
+    /// thousand of them).
+    pub key: Arc<str>,
     /// What the key says.
     pub meta: BackupMeta,
     /// Its size in bytes.
@@ -206,7 +208,7 @@ pub struct PlannedBackup {
     /// The remote.
     pub remote: String,
     /// The object key.
-    pub key: String,
+    pub key: Arc<str>,
     /// The source it is a backup of.
     pub source: PathBuf,
     /// The snapshot it is (or will be) the stream of.
@@ -274,17 +276,18 @@ pub enum Action {
         /// The remote.
         remote: String,
         /// The object key.
-        key: String,
+        key: Arc<str>,
         /// The source.
         source: PathBuf,
-        /// The snapshot to send.
-        snapshot: SnapshotRef,
+        /// The snapshot to send. (Boxed, like the other large fields: a plan can hold a
+        /// hundred thousand deletes, and every action is as large as the largest variant.)
+        snapshot: Box<SnapshotRef>,
         /// The snapshot to send against; `None` for a full backup.
-        send_parent: Option<SnapshotRef>,
+        send_parent: Option<Box<SnapshotRef>>,
         /// The commands the stream goes through.
         pipe_through: Vec<Vec<String>>,
         /// Why it is uploaded.
-        keep: KeepSummary,
+        keep: Box<KeepSummary>,
     },
     /// Destroy a snapshot no remote keeps.
     Destroy {
@@ -296,7 +299,7 @@ pub enum Action {
         /// The remote.
         remote: String,
         /// The object key.
-        key: String,
+        key: Arc<str>,
         /// The source it is a backup of.
         source: PathBuf,
         /// Its snapshot's uuid.
@@ -464,11 +467,10 @@ impl Builder<'_> {
         remote: &RemoteState,
         kept_snapshots: &mut BTreeMap<Uuid, KeepSummary>,
     ) -> Result<(), PlanError> {
-        let existing: Vec<BackupState> = remote
+        let existing: Vec<&BackupState> = remote
             .backups
             .iter()
             .filter(|backup| backup.meta.parent_uuid == source.uuid)
-            .cloned()
             .collect();
         // Multipart uploads of this source's backups are ours, and no other run of ours is
         // uploading (we hold the snapshot directory's lock): they were left by a crash.
@@ -504,6 +506,8 @@ impl Builder<'_> {
         );
         // Existing backups: kept or deleted. Several keys may name one snapshot's backup
         // (the same stream stored twice); they share its fate.
+        self.backups
+            .reserve(existing.len() + resolution.backups.len());
         for backup in &existing {
             let keep = resolution.backups.get(&backup.meta.uuid);
             if keep.is_some_and(btrfs2s3_policy::KeepBackup::is_new) {
@@ -577,7 +581,7 @@ impl Builder<'_> {
             ctransid: snapshot.ctransid().max(0),
             ctime: Timestamp::from_second(snapshot.ctime.as_second()).unwrap_or(snapshot.ctime),
         };
-        let key = meta.key(&source.name, self.tz);
+        let key: Arc<str> = meta.key(&source.name, self.tz).into();
         let summary = KeepSummary::new(keep, self.tz);
         self.backups.push(PlannedBackup {
             remote: remote.id.clone(),
@@ -596,10 +600,10 @@ impl Builder<'_> {
             remote: remote.id.clone(),
             key,
             source: source.path.clone(),
-            snapshot: snapshot_ref(source, snapshot),
-            send_parent: send_parent.map(|parent| snapshot_ref(source, parent)),
+            snapshot: Box::new(snapshot_ref(source, snapshot)),
+            send_parent: send_parent.map(|parent| Box::new(snapshot_ref(source, parent))),
             pipe_through: target.pipe_through.clone(),
-            keep: summary,
+            keep: Box::new(summary),
         }
     }
 
@@ -654,15 +658,18 @@ impl Builder<'_> {
             .iter()
             .map(|remote| (remote.id.clone(), remote.foreign_objects))
             .collect();
-        let actions = self
-            .aborts
-            .into_iter()
-            .chain(self.creates)
-            .chain(self.renames)
-            .chain(self.uploads)
-            .chain(self.destroys)
-            .chain(self.deletes)
-            .collect();
+        // The deletes can be most of a large plan: the others go in front of them, in their
+        // buffer, rather than everything being copied into a new one.
+        let mut actions = self.deletes;
+        actions.splice(
+            0..0,
+            self.aborts
+                .into_iter()
+                .chain(self.creates)
+                .chain(self.renames)
+                .chain(self.uploads)
+                .chain(self.destroys),
+        );
         Ok(Plan {
             now: assessment.now,
             timezone: assessment.timezone_name.clone(),

@@ -44,7 +44,7 @@ pub fn plan_restore(
         .select(selection)?
         .into_iter()
         .map(|backup| RestoreItem {
-            key: backup.key.clone(),
+            key: backup.key.to_string(),
             uuid: backup.meta.uuid,
             send_parent: backup.meta.send_parent_uuid,
             ctime: format_ctime(backup.meta.ctime, tz),

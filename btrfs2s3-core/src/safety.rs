@@ -122,7 +122,7 @@ fn run(
             Action::Upload { remote, key, .. }
                 if failing_remote.is_some_and(|r| REMOTES[r] == remote) =>
             {
-                Some(key.clone())
+                Some(key.to_string())
             }
             _ => None,
         })
@@ -177,7 +177,7 @@ fn run(
     for (action, result) in &outcome.results {
         match (action, result) {
             (Action::Upload { key, .. }, ActionResult::Done { .. }) => {
-                uploaded.insert(key.clone());
+                uploaded.insert(key.to_string());
             }
             (Action::Destroy { snapshot }, ActionResult::Done { .. }) => {
                 for (other, _) in &outcome.results {
@@ -192,7 +192,7 @@ fn run(
                             || send_parent
                                 .as_ref()
                                 .is_some_and(|p| p.uuid == snapshot.uuid);
-                        if uses && !uploaded.contains(key) {
+                        if uses && !uploaded.contains(&**key) {
                             return Err(format!(
                                 "{} destroyed while the upload of {key} needs it",
                                 snapshot.name

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use btrfs2s3_btrfs::{SendOptions, SnapshotDir, Subvolume};
 use btrfs2s3_s3::{Remote, UploadOptions};
@@ -233,7 +234,7 @@ async fn list_remotes(
                 .backups
                 .into_iter()
                 .map(|backup| BackupState {
-                    key: backup.object.key,
+                    key: backup.object.key.into(),
                     meta: backup.meta,
                     size: backup.object.size,
                     storage_class: backup.object.storage_class,
@@ -426,7 +427,7 @@ impl World for RealWorld {
         Ok(size)
     }
 
-    async fn delete_backups(&mut self, remote: &str, keys: &[String]) -> Result<(), WorldError> {
+    async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError> {
         self.remote(remote)?.delete(keys).await?;
         Ok(())
     }

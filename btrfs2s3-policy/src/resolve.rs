@@ -24,6 +24,26 @@ pub trait BackupItem: Item {
     fn send_parent(&self) -> Option<Uuid>;
 }
 
+/// References resolve like what they refer to: a caller can pass `&[&Backup]`, a selection
+/// of its items, without copying them.
+impl<T: Item + ?Sized> Item for &T {
+    fn uuid(&self) -> Uuid {
+        (**self).uuid()
+    }
+    fn ctime(&self) -> Timestamp {
+        (**self).ctime()
+    }
+    fn ctransid(&self) -> i64 {
+        (**self).ctransid()
+    }
+}
+
+impl<T: BackupItem + ?Sized> BackupItem for &T {
+    fn send_parent(&self) -> Option<Uuid> {
+        (**self).send_parent()
+    }
+}
+
 macro_rules! flag_set {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $bit:expr => $label:literal,)* }) => {
         $(#[$doc])*

@@ -642,12 +642,12 @@ impl Remote {
 
     /// Deletes `keys` with `DeleteObjects`, at most 1000 per call, and checks that the server
     /// confirms every one. Keys it reports as failed, or does not confirm, make the error.
-    pub async fn delete(&self, keys: &[String]) -> Result<(), Error> {
+    pub async fn delete<K: AsRef<str> + Sync>(&self, keys: &[K]) -> Result<(), Error> {
         let mut failures = Vec::new();
         for batch in keys.chunks(1000) {
             let objects = batch
                 .iter()
-                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .map(|key| ObjectIdentifier::builder().key(key.as_ref()).build())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::Settings {
                     bucket: self.bucket.clone(),
@@ -687,9 +687,9 @@ impl Remote {
                     ),
                 ));
             }
-            for key in batch {
-                if !deleted.contains(key.as_str()) && !reported.contains(key.as_str()) {
-                    failures.push((key.clone(), "not confirmed by the server".to_owned()));
+            for key in batch.iter().map(AsRef::as_ref) {
+                if !deleted.contains(key) && !reported.contains(key) {
+                    failures.push((key.to_owned(), "not confirmed by the server".to_owned()));
                 }
             }
         }
