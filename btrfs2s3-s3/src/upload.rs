@@ -164,9 +164,13 @@ impl StagedUpload {
                         .object_lock_mode(lock_mode(lock.mode))
                         .object_lock_retain_until_date(date_time(lock.retain_until));
                 }
+                let request = request.customize().interceptor(counter.clone());
+                let request = if remote.unsigned_payload {
+                    request.disable_payload_signing()
+                } else {
+                    request
+                };
                 request
-                    .customize()
-                    .interceptor(counter.clone())
                     .send()
                     .await
                     .map_err(|e| remote.request_error("upload", Some(&key), &counter, &e))?;
@@ -537,7 +541,7 @@ impl Remote {
         checksum: Option<ChecksumAlgorithm>,
     ) -> Result<CompletedPart, Error> {
         let counter = AttemptCounter::default();
-        let output = self
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -547,7 +551,13 @@ impl Remote {
             .body(ByteStream::from(body))
             .set_checksum_algorithm(checksum)
             .customize()
-            .interceptor(counter.clone())
+            .interceptor(counter.clone());
+        let request = if self.unsigned_payload {
+            request.disable_payload_signing()
+        } else {
+            request
+        };
+        let output = request
             .send()
             .await
             .map_err(|e| self.request_error("upload a part", Some(&key), &counter, &e))?;

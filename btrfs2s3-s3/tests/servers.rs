@@ -613,8 +613,20 @@ async fn verify_checks_certificates_unless_told_otherwise() {
         )
         .await
         .unwrap();
+    // Over TLS, bodies go unsigned (TLS guards them): a multipart upload arrives whole.
+    let big: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    trusting
+        .upload("b", &mut &big[..], &UploadOptions::default(), &no_progress)
+        .await
+        .unwrap();
     let insecure = connect(Verify::Off).await;
     assert_eq!(download(&insecure, "a").await, b"over TLS");
+    assert!(
+        download(&insecure, "b").await == big,
+        "the multipart upload over TLS differs"
+    );
 
     // A bundle that cannot be read is a clear error naming it.
     let config = RemoteConfig {
