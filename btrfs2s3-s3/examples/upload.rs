@@ -2,12 +2,14 @@
 //! peak memory. Used by `cargo xtask bench upload`.
 //!
 //! ```text
-//! upload --endpoint URL --region R --bucket B --key K [--create-bucket] [--put-file PATH]
+//! upload --endpoint URL --region R --bucket B --key K [--create-bucket]
+//!        [--put-file PATH | --stream-file PATH]
 //! ```
 //!
-//! Credentials come from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Without `--put-file`
-//! standard input is streamed through `Remote::upload` (the product's path); with it, the file
-//! is sent as one plain `PutObject` (the baseline). Prints one JSON line:
+//! Credentials come from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. By default standard
+//! input, a pipe, is streamed through `Remote::upload` (the product's path); `--stream-file`
+//! streams a file through the same path; `--put-file` sends a file as one plain `PutObject`
+//! (the baseline). Prints one JSON line:
 //! `{"bytes":N,"seconds":S,"peak_rss_bytes":M}`.
 #![allow(missing_docs)] // an example binary, documented above
 
@@ -23,6 +25,7 @@ struct Args {
     key: String,
     create_bucket: bool,
     put_file: Option<String>,
+    stream_file: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
         key: String::new(),
         create_bucket: false,
         put_file: None,
+        stream_file: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -43,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
             "--bucket" => parsed.bucket = value()?,
             "--key" => parsed.key = value()?,
             "--put-file" => parsed.put_file = Some(value()?),
+            "--stream-file" => parsed.stream_file = Some(value()?),
             "--create-bucket" => parsed.create_bucket = true,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -99,6 +104,11 @@ async fn run(args: Args) -> Result<(u64, f64), Box<dyn std::error::Error>> {
             .send()
             .await?;
         length
+    } else if let Some(path) = args.stream_file {
+        let mut file = tokio::fs::File::open(&path).await?;
+        remote
+            .upload(&args.key, &mut file, &UploadOptions::default(), &|_| {})
+            .await?
     } else {
         // Standard input is a pipe, read without blocking the runtime, as the product reads
         // the output of `btrfs send | pipe_through`.

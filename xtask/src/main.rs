@@ -5,6 +5,7 @@
 //! cargo xtask integration   only the tests that need root, btrfs and the S3 servers
 //! cargo xtask demo          a guided run of btrfs2s3 on a throw-away btrfs and S3 server
 //! cargo xtask shell         a shell inside a test environment (for poking around)
+//! cargo xtask bench         backups, planning and start-up against the Python tool
 //! cargo xtask bench upload  upload throughput and memory against a plain PutObject
 //! ```
 //!
@@ -34,6 +35,9 @@ tasks:
   integration   only the integration tests (real btrfs, moto and Garage)
   demo          a guided tour: a full backup and two differentials on a throw-away setup
   shell         start a shell inside a test environment; BTRFS2S3_TEST_ENV describes it
+  bench         full and differential backups, planning at scale and start-up, against
+                the Python tool btrfs2s3 2.1.0, btrfs send and a plain upload
+                (cargo xtask bench --help for the options)
   bench upload  stream 1 GiB into Garage vs a plain PutObject of the same bytes
 ";
 

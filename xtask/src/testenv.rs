@@ -95,9 +95,32 @@ impl TestEnv {
 
     /// Adds a mounted btrfs filesystem; returns its mount point.
     pub fn add_btrfs(&mut self, name: &str) -> Result<PathBuf> {
-        let mount = Mount::create(self.dir.path(), name)?;
+        self.add_btrfs_sized(name, image_bytes()?)
+    }
+
+    /// Adds a mounted btrfs filesystem of `bytes` (a sparse image); returns its mount point.
+    pub fn add_btrfs_sized(&mut self, name: &str, bytes: u64) -> Result<PathBuf> {
+        let mount = Mount::btrfs(self.dir.path(), name, bytes)?;
         let mountpoint = mount.mountpoint.clone();
         self.mounts.push(mount);
+        Ok(mountpoint)
+    }
+
+    /// Adds a tmpfs of at most `bytes`; returns its mount point.
+    pub fn add_tmpfs(&mut self, name: &str, bytes: u64) -> Result<PathBuf> {
+        let mountpoint = self.dir.path().join(name);
+        std::fs::create_dir(&mountpoint)?;
+        cmd::output(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(&mountpoint),
+        )?;
+        self.mounts.push(Mount {
+            image: None,
+            loop_device: None,
+            mountpoint: mountpoint.clone(),
+            mounted: true,
+        });
         Ok(mountpoint)
     }
 
@@ -271,9 +294,14 @@ impl TestEnv {
 
     /// Starts a single-node Garage with a key that may create buckets.
     pub fn add_garage(&mut self) -> Result<S3Endpoint> {
-        let garage = tools::ensure_garage()?;
         let root = self.dir.path().join("garage");
-        std::fs::create_dir_all(&root)?;
+        self.add_garage_in(&root)
+    }
+
+    /// Starts a single-node Garage keeping its metadata and data in `root`.
+    pub fn add_garage_in(&mut self, root: &Path) -> Result<S3Endpoint> {
+        let garage = tools::ensure_garage()?;
+        std::fs::create_dir_all(root)?;
         let (rpc, s3, admin) = (free_port()?, free_port()?, free_port()?);
         let config = root.join("garage.toml");
         std::fs::write(
@@ -283,6 +311,7 @@ impl TestEnv {
 data_dir = "{root}/data"
 db_engine = "lmdb"
 replication_factor = 1
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{secret}"
@@ -382,28 +411,29 @@ impl Drop for Server {
     }
 }
 
-/// A btrfs filesystem in a sparse image file, mounted through a loop device.
+/// A mounted filesystem: btrfs in a sparse image file through a loop device, or a tmpfs.
 struct Mount {
-    image: PathBuf,
+    image: Option<PathBuf>,
     loop_device: Option<String>,
     mountpoint: PathBuf,
     mounted: bool,
 }
 
 impl Mount {
-    fn create(dir: &Path, name: &str) -> Result<Mount> {
+    fn btrfs(dir: &Path, name: &str, bytes: u64) -> Result<Mount> {
+        let image = dir.join(format!("{name}.img"));
         let mut mount = Mount {
-            image: dir.join(format!("{name}.img")),
+            image: Some(image.clone()),
             loop_device: None,
             mountpoint: dir.join(name),
             mounted: false,
         };
-        File::create(&mount.image)?.set_len(image_bytes()?)?;
-        cmd::output(Command::new("mkfs.btrfs").arg("-q").arg(&mount.image))?;
+        File::create(&image)?.set_len(bytes)?;
+        cmd::output(Command::new("mkfs.btrfs").arg("-q").arg(&image))?;
         let device = cmd::output(
             Command::new("losetup")
                 .args(["--find", "--show"])
-                .arg(&mount.image),
+                .arg(&image),
         )?;
         mount.loop_device = Some(device.trim().to_owned());
         std::fs::create_dir(&mount.mountpoint)?;
@@ -440,7 +470,9 @@ impl Drop for Mount {
         {
             eprintln!("xtask: cannot detach {device}: {e}");
         }
-        let _ = std::fs::remove_file(&self.image);
+        if let Some(image) = &self.image {
+            let _ = std::fs::remove_file(image);
+        }
     }
 }
 

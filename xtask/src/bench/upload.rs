@@ -1,48 +1,12 @@
-//! `cargo xtask bench`: measurements reported as ratios against a baseline measured in the
-//! same run, because absolute figures on a shared two-core machine are noise.
+//! `cargo xtask bench upload`: the product's streaming upload from a pipe against a plain
+//! `PutObject` of the same bytes from a file, into Garage.
 
-// Measurements are floats for statistics and integers for counting; the conversions are
-// between byte counts far below 2^52 and durations, where precision loss cannot matter.
-#![allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::{Stats, report_dir, write_random_file};
 use crate::testenv::{S3Endpoint, TestEnv};
 use crate::{Result, cmd};
-
-const USAGE: &str = "usage: cargo xtask bench upload [--size-mib N] [--runs N]";
-
-/// `cargo xtask bench <what> [options]`.
-pub fn run(args: &[String]) -> Result<()> {
-    let Some((what, options)) = args.split_first() else {
-        return Err(USAGE.into());
-    };
-    let mut size_mib = 1024u64;
-    let mut runs = 3usize;
-    let mut options = options.iter();
-    while let Some(option) = options.next() {
-        let mut value = || {
-            options
-                .next()
-                .ok_or_else(|| format!("{option} needs a value\n{USAGE}"))
-        };
-        match option.as_str() {
-            "--size-mib" => size_mib = value()?.parse()?,
-            "--runs" => runs = value()?.parse()?,
-            other => return Err(format!("unknown option {other}\n{USAGE}").into()),
-        }
-    }
-    match what.as_str() {
-        "upload" => upload(size_mib, runs.max(1)),
-        other => Err(format!("unknown benchmark {other}\n{USAGE}").into()),
-    }
-}
 
 /// One measured upload, as the `upload` example reports it.
 struct Measurement {
@@ -57,21 +21,10 @@ impl Measurement {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn spread(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
-}
-
 /// Streams `size_mib` MiB of incompressible data into Garage through the product's upload
 /// path (from a pipe, length unknown), and the same bytes as one plain `PutObject` from a
 /// file: throughput and peak RSS of each, and their ratio.
-fn upload(size_mib: u64, runs: usize) -> Result<()> {
+pub fn run(size_mib: u64, runs: usize) -> Result<()> {
     cmd::run(cmd::cargo().args([
         "build",
         "--release",
@@ -122,7 +75,8 @@ fn upload(size_mib: u64, runs: usize) -> Result<()> {
     };
     let (stream_tp, plain_tp) = (throughputs(&streamed), throughputs(&plain));
     let (stream_rss, plain_rss) = (rss(&streamed), rss(&plain));
-    let ratio = median(stream_tp.clone()) / median(plain_tp.clone());
+    let stats = |values: &[f64]| Stats::of(values).ok_or("no measurements");
+    let ratio = stats(&stream_tp)?.median / stats(&plain_tp)?.median;
     println!(
         "upload of {size_mib} MiB of incompressible data into Garage, {runs} runs (median [min, max])"
     );
@@ -134,18 +88,15 @@ fn upload(size_mib: u64, runs: usize) -> Result<()> {
         ("streamed (btrfs2s3 upload)", &stream_tp, &stream_rss),
         ("plain PutObject of a file", &plain_tp, &plain_rss),
     ] {
-        let (tp_min, tp_max) = spread(tp);
-        let (rss_min, rss_max) = spread(rss);
+        let (tp, rss) = (stats(tp)?, stats(rss)?);
         println!(
-            "{name:<28} {:>8.1} [{tp_min:.1}, {tp_max:.1}] {:>8.1} [{rss_min:.1}, {rss_max:.1}]",
-            median(tp.clone()),
-            median(rss.clone()),
+            "{name:<28} {:>8.1} [{:.1}, {:.1}] {:>8.1} [{:.1}, {:.1}]",
+            tp.median, tp.min, tp.max, rss.median, rss.min, rss.max,
         );
     }
     println!("streamed / plain throughput: {ratio:.2}");
 
-    let out = cmd::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
+    let out = report_dir()?;
     let report = serde_json::json!({
         "benchmark": "upload",
         "size_bytes": size_mib << 20,
@@ -156,21 +107,6 @@ fn upload(size_mib: u64, runs: usize) -> Result<()> {
     });
     std::fs::write(out.join("upload.json"), serde_json::to_vec_pretty(&report)?)?;
     println!("written to {}", out.join("upload.json").display());
-    Ok(())
-}
-
-fn write_random_file(path: &Path, bytes: u64) -> Result<()> {
-    let mut random = std::fs::File::open("/dev/urandom")?;
-    let mut file = std::fs::File::create(path)?;
-    let mut left = bytes;
-    let mut buffer = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = usize::try_from(left.min(buffer.len() as u64))?;
-        std::io::Read::read_exact(&mut random, &mut buffer[..n])?;
-        file.write_all(&buffer[..n])?;
-        left -= n as u64;
-    }
-    file.sync_all()?;
     Ok(())
 }
 
