@@ -45,22 +45,6 @@ fn behind_proxy(env: &'static TestEnv, test: &str) -> (Fixture, FaultProxy) {
     (fixture, proxy)
 }
 
-fn pending_uploads(fixture: &Fixture) -> usize {
-    let client = fixture.remote(0);
-    fixture
-        .runtime
-        .block_on(
-            client
-                .sdk_client()
-                .list_multipart_uploads()
-                .bucket(client.bucket())
-                .send(),
-        )
-        .unwrap()
-        .uploads()
-        .len()
-}
-
 /// Whatever happened, what is in the bucket is whole, and a run without faults finishes
 /// the job.
 fn assert_repairable(fixture: &Fixture, proxy: &FaultProxy, context: &str) {
@@ -72,7 +56,7 @@ fn assert_repairable(fixture: &Fixture, proxy: &FaultProxy, context: &str) {
         stderr(&output)
     );
     assert_eq!(
-        pending_uploads(fixture),
+        fixture.pending_uploads(0),
         0,
         "{context}: no multipart upload left"
     );

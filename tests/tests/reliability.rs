@@ -96,7 +96,7 @@ fn assert_consistent(fixture: &Fixture, context: &str) {
     );
     for (index, (remote, _, _)) in fixture.remotes.iter().enumerate() {
         assert_eq!(
-            pending_uploads(fixture, index),
+            fixture.pending_uploads(index),
             0,
             "{context}: multipart uploads left in {remote}"
         );
@@ -213,7 +213,7 @@ fn a_crash_at_any_point_is_repaired_by_the_next_run() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        pending_uploads(&fixture, 0) > 0,
+        fixture.pending_uploads(0) > 0,
         "the killed upload is pending"
     );
     write_config(&fixture, None);
@@ -239,27 +239,10 @@ fn spawn_update(fixture: &Fixture) -> std::process::Child {
         .unwrap()
 }
 
-/// How many multipart uploads are pending in the bucket of remote `index`.
-fn pending_uploads(fixture: &Fixture, index: usize) -> usize {
-    let client = fixture.remote(index);
-    fixture
-        .runtime
-        .block_on(
-            client
-                .sdk_client()
-                .list_multipart_uploads()
-                .bucket(client.bucket())
-                .send(),
-        )
-        .unwrap()
-        .uploads()
-        .len()
-}
-
 /// Waits until an upload to the first remote is under way: a multipart upload exists.
 fn wait_until_uploading(fixture: &Fixture) {
     let started = Instant::now();
-    while pending_uploads(fixture, 0) == 0 {
+    while fixture.pending_uploads(0) == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no upload started"
@@ -335,7 +318,7 @@ fn sigint_and_sigterm_stop_cleanly() {
                 "{signal}: no object was added or removed"
             );
             assert_eq!(
-                pending_uploads(&fixture, index),
+                fixture.pending_uploads(index),
                 0,
                 "{signal}: the upload in flight was aborted"
             );

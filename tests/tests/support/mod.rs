@@ -204,6 +204,23 @@ impl Fixture {
             .unwrap()
     }
 
+    /// How many multipart uploads are pending (started, neither completed nor aborted) in
+    /// the bucket of remote `index`.
+    pub fn pending_uploads(&self, index: usize) -> usize {
+        let client = self.remote(index);
+        self.runtime
+            .block_on(
+                client
+                    .sdk_client()
+                    .list_multipart_uploads()
+                    .bucket(client.bucket())
+                    .send(),
+            )
+            .unwrap()
+            .uploads()
+            .len()
+    }
+
     /// Every key in remote `index`, sorted.
     pub fn keys(&self, index: usize) -> Vec<String> {
         let listing = self.runtime.block_on(self.remote(index).list()).unwrap();

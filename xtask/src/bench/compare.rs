@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::measure::{Sample, measure};
-use super::{Options, Stats, report_dir, write_random_file};
+use super::{Options, Stats, build_s3_examples, report_dir, write_random_file};
 use crate::testenv::{S3Endpoint, TestEnv, require_root};
 use crate::{Result, cmd, tools};
 
@@ -121,23 +121,14 @@ pub fn run(options: &Options) -> Result<()> {
     require_root("cargo xtask bench")?;
     tools::ensure_build_prerequisites()?;
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "btrfs2s3-cli"]))?;
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "btrfs2s3-s3",
-        "--example",
-        "upload",
-        "--example",
-        "fill-bucket",
-    ]))?;
+    let examples = build_s3_examples(&["upload", "fill-bucket"])?;
     let venv = tools::ensure_venv("venv-btrfs2s3-2.1.0", PYTHON_REQUIREMENT, "btrfs2s3")?;
     let release = cmd::workspace_root().join("target/release");
     let programs = Programs {
         ours: release.join("btrfs2s3"),
         python: venv.join("btrfs2s3"),
-        upload: release.join("examples/upload"),
-        fill: release.join("examples/fill-bucket"),
+        upload: examples.join("upload"),
+        fill: examples.join("fill-bucket"),
     };
     let size = options.size_mib << 20;
     let mut env = TestEnv::empty()?;
@@ -171,6 +162,15 @@ struct Backups {
 impl Bench {
     fn btrfs<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Result<String> {
         cmd::output(Command::new("btrfs").args(args))
+    }
+
+    fn delete_subvolume(path: &Path) -> Result<()> {
+        Self::btrfs([
+            OsStr::new("subvolume"),
+            OsStr::new("delete"),
+            path.as_os_str(),
+        ])?;
+        Ok(())
     }
 
     /// Room for what one server holds: the streams of a full and a differential backup, or
@@ -221,21 +221,13 @@ impl Bench {
         if snapshots.is_dir() {
             for entry in std::fs::read_dir(&snapshots)? {
                 let path = entry?.path();
-                Self::btrfs([
-                    OsStr::new("subvolume"),
-                    OsStr::new("delete"),
-                    path.as_os_str(),
-                ])?;
+                Self::delete_subvolume(&path)?;
             }
         }
         std::fs::create_dir_all(&snapshots)?;
         let source = self.fs.join("source");
         if source.exists() {
-            Self::btrfs([
-                OsStr::new("subvolume"),
-                OsStr::new("delete"),
-                source.as_os_str(),
-            ])?;
+            Self::delete_subvolume(&source)?;
         }
         let base = self.fs.join("base");
         Self::btrfs([
@@ -575,11 +567,7 @@ impl Bench {
                 for entry in std::fs::read_dir(&snapshots)? {
                     let path = entry?.path();
                     if path.to_string_lossy().contains(".NEW.") {
-                        Self::btrfs([
-                            OsStr::new("subvolume"),
-                            OsStr::new("delete"),
-                            path.as_os_str(),
-                        ])?;
+                        Self::delete_subvolume(&path)?;
                     }
                 }
             }

@@ -124,6 +124,17 @@ pub fn write_random_file(path: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Builds examples of the s3 crate (release); returns the directory of their binaries.
+pub fn build_s3_examples(names: &[&str]) -> Result<PathBuf> {
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", "btrfs2s3-s3"]);
+    for name in names {
+        build.args(["--example", name]);
+    }
+    cmd::run(&mut build)?;
+    Ok(cmd::workspace_root().join("target/release/examples"))
+}
+
 /// Where the JSON reports go: `target/bench/`.
 pub fn report_dir() -> Result<PathBuf> {
     let out = cmd::workspace_root().join("target/bench");

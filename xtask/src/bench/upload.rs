@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{Stats, report_dir, write_random_file};
+use super::{Stats, build_s3_examples, report_dir, write_random_file};
 use crate::testenv::{S3Endpoint, TestEnv};
 use crate::{Result, cmd};
 
@@ -25,15 +25,7 @@ impl Measurement {
 /// path (from a pipe, length unknown), and the same bytes as one plain `PutObject` from a
 /// file: throughput and peak RSS of each, and their ratio.
 pub fn run(size_mib: u64, runs: usize) -> Result<()> {
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "btrfs2s3-s3",
-        "--example",
-        "upload",
-    ]))?;
-    let uploader = cmd::workspace_root().join("target/release/examples/upload");
+    let uploader = build_s3_examples(&["upload"])?.join("upload");
     let mut env = TestEnv::empty()?;
     let garage = env.add_garage()?;
     let data = env.dir().join("data.bin");
