@@ -5,14 +5,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod error;
 mod key;
 mod remote;
 mod tls;
 mod upload;
 
+pub use error::{Error, RequestError};
 pub use key::{BackupMeta, KeyError, format_ctime};
 pub use remote::{
-    Error, ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, RequestError,
-    Secret, UploadSettings, Verify,
+    ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, Secret,
+    UploadSettings, Verify,
 };
 pub use upload::{Checksum, LockMode, ObjectLock, StagedUpload, UploadOptions, part_size};

@@ -2,8 +2,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
@@ -13,17 +11,13 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
-use snafu::{ResultExt, Snafu};
+use snafu::ResultExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackupMeta;
+use crate::error::{AttemptCounter, CaBundleSnafu, Error, RequestError, WriteDownloadSnafu};
 
 /// A secret string: never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -124,192 +118,6 @@ impl RemoteConfig {
             read_timeout: Duration::from_secs(120),
             ..RemoteConfig::default()
         }
-    }
-}
-
-/// The errors of this crate. Every one names the bucket (and key) it is about.
-#[derive(Debug, Snafu)]
-#[snafu(visibility(pub(crate)))]
-pub enum Error {
-    /// The settings are unusable.
-    #[snafu(display("invalid S3 settings for bucket {bucket}: {reason}"))]
-    Settings {
-        /// The bucket.
-        bucket: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The CA bundle of `verify` cannot be read.
-    #[snafu(display("cannot read the CA bundle {} for bucket {bucket}", path.display()))]
-    CaBundle {
-        /// The bucket.
-        bucket: String,
-        /// The bundle.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A request failed (after retries, for retryable failures).
-    #[snafu(display("failed to {operation} in bucket {bucket}{}", key_suffix(key.as_deref())))]
-    Request {
-        /// What we were doing, e.g. "list objects".
-        operation: &'static str,
-        /// The bucket.
-        bucket: String,
-        /// The object, if any.
-        key: Option<String>,
-        /// What the server or the network said.
-        source: RequestError,
-    },
-    /// The stream to upload could not be read.
-    #[snafu(display("failed to read the stream to upload to {key} in bucket {bucket}"))]
-    ReadStream {
-        /// The bucket.
-        bucket: String,
-        /// The object.
-        key: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A downloaded object could not be written out.
-    #[snafu(display("failed to write {key} of bucket {bucket}"))]
-    WriteDownload {
-        /// The bucket.
-        bucket: String,
-        /// The object.
-        key: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The stream is larger than an S3 object can be with these settings.
-    #[snafu(display(
-        "the stream to upload to {key} in bucket {bucket} needs more than 10,000 parts"
-    ))]
-    TooManyParts {
-        /// The bucket.
-        bucket: String,
-        /// The object.
-        key: String,
-    },
-    /// The transfer was cancelled.
-    #[snafu(display("the transfer of {key} in bucket {bucket} was cancelled"))]
-    Cancelled {
-        /// The bucket.
-        bucket: String,
-        /// The object.
-        key: String,
-    },
-    /// Some keys of a `DeleteObjects` call were not deleted.
-    #[snafu(display("failed to delete {} object(s) from bucket {bucket}: {}", failures.len(), describe_failures(failures)))]
-    DeleteFailed {
-        /// The bucket.
-        bucket: String,
-        /// Each key that was not deleted, and why.
-        failures: Vec<(String, String)>,
-    },
-}
-
-fn key_suffix(key: Option<&str>) -> String {
-    key.map(|key| format!(" (key {key})")).unwrap_or_default()
-}
-
-fn describe_failures(failures: &[(String, String)]) -> String {
-    let mut text: Vec<String> = failures
-        .iter()
-        .take(5)
-        .map(|(key, reason)| format!("{key}: {reason}"))
-        .collect();
-    if failures.len() > 5 {
-        text.push(format!("and {} more", failures.len() - 5));
-    }
-    text.join("; ")
-}
-
-/// A failed request: the server's error code and message or the network error, and how many
-/// attempts were made.
-#[derive(Debug)]
-pub struct RequestError {
-    message: String,
-    code: Option<String>,
-    attempts: u32,
-}
-
-impl RequestError {
-    /// The S3 error code, e.g. `NoSuchBucket`, when the server answered.
-    #[must_use]
-    pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
-    }
-
-    /// How many attempts were made before giving up.
-    #[must_use]
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    pub(crate) fn new<E, R>(error: &SdkError<E, R>, attempts: u32) -> RequestError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: fmt::Debug,
-    {
-        let (message, code) = match error {
-            SdkError::ServiceError(service) => {
-                let inner = service.err();
-                let code = inner.code().map(str::to_owned);
-                let status = service.raw();
-                let message = match (inner.code(), inner.message()) {
-                    (Some(code), Some(message)) => format!("{code}: {message}"),
-                    (Some(code), None) => code.to_owned(),
-                    _ => format!("{}", DisplayErrorContext(inner)),
-                };
-                (format!("{message} ({status:?})"), code)
-            }
-            other => (format!("{}", DisplayErrorContext(other)), None),
-        };
-        RequestError {
-            message,
-            code,
-            attempts,
-        }
-    }
-}
-
-impl fmt::Display for RequestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let plural = if self.attempts == 1 { "" } else { "s" };
-        write!(
-            f,
-            "{} (after {} attempt{plural})",
-            self.message, self.attempts
-        )
-    }
-}
-
-impl std::error::Error for RequestError {}
-
-/// Counts the attempts of one request (installed per operation with `customize()`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AttemptCounter(Arc<AtomicU32>);
-
-impl AttemptCounter {
-    pub(crate) fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Intercept for AttemptCounter {
-    fn name(&self) -> &'static str {
-        "AttemptCounter"
-    }
-
-    fn read_before_attempt(
-        &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -582,11 +390,7 @@ impl Remote {
                 operation: "download",
                 bucket: self.bucket.clone(),
                 key: Some(key.to_owned()),
-                source: RequestError {
-                    message: format!("{}", DisplayErrorContext(e)),
-                    code: None,
-                    attempts: counter.get(),
-                },
+                source: RequestError::other(format!("{}", DisplayErrorContext(e)), counter.get()),
             })?;
             let Some(chunk) = chunk else { break };
             writer.write_all(&chunk).await.context(WriteDownloadSnafu {
@@ -641,11 +445,6 @@ impl Remote {
                 return Ok(uploads);
             }
         }
-    }
-
-    /// Aborts a multipart upload, discarding its parts.
-    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), Error> {
-        crate::upload::abort_multipart(self, key, upload_id).await
     }
 
     /// Deletes `keys` with `DeleteObjects`, at most 1000 per call, and checks that the server

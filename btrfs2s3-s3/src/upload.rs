@@ -22,7 +22,8 @@ use snafu::ResultExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
-use crate::remote::{AttemptCounter, Error, ReadStreamSnafu, Remote};
+use crate::error::{AttemptCounter, Error, ReadStreamSnafu};
+use crate::remote::Remote;
 
 /// S3 allows at most this many parts in a multipart upload.
 const MAX_PARTS: usize = 10_000;
@@ -276,6 +277,24 @@ impl Remote {
                 Err(error)
             }
         }
+    }
+
+    /// Aborts a multipart upload, discarding its parts.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), Error> {
+        let counter = AttemptCounter::default();
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                self.request_error("abort the multipart upload", Some(key), &counter, &e)
+            })?;
+        Ok(())
     }
 
     /// Uploads a whole stream to `key` at once (stage, then complete). Returns its size.
@@ -605,28 +624,8 @@ impl AbortGuard {
         let Some(upload_id) = self.upload_id.take() else {
             return Ok(());
         };
-        abort_multipart(&self.remote, &self.key, &upload_id).await
+        self.remote.abort_upload(&self.key, &upload_id).await
     }
-}
-
-pub(crate) async fn abort_multipart(
-    remote: &Remote,
-    key: &str,
-    upload_id: &str,
-) -> Result<(), Error> {
-    let counter = AttemptCounter::default();
-    remote
-        .client
-        .abort_multipart_upload()
-        .bucket(&remote.bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .customize()
-        .interceptor(counter.clone())
-        .send()
-        .await
-        .map_err(|e| remote.request_error("abort the multipart upload", Some(key), &counter, &e))?;
-    Ok(())
 }
 
 impl Drop for AbortGuard {
@@ -637,7 +636,7 @@ impl Drop for AbortGuard {
             let remote = self.remote.clone();
             let key = self.key.clone();
             runtime.spawn(async move {
-                let _ = abort_multipart(&remote, &key, &upload_id).await;
+                let _ = remote.abort_upload(&key, &upload_id).await;
             });
         }
     }
