@@ -18,13 +18,31 @@ use snafu::Snafu;
 #[derive(Debug, Snafu)]
 #[snafu(visibility(pub(crate)))]
 pub enum Error {
-    /// The settings are unusable.
-    #[snafu(display("invalid S3 settings for bucket {bucket}: {reason}"))]
-    Settings {
+    /// The part size is outside S3's limits.
+    #[snafu(display(
+        "invalid S3 settings for bucket {bucket}: part size {size} is outside S3's limits (5 MiB to 5 GiB)"
+    ))]
+    PartSize {
         /// The bucket.
         bucket: String,
-        /// What is wrong.
-        reason: String,
+        /// The part size asked for, in bytes.
+        size: u64,
+    },
+    /// A count of parts that must be at least 1 is 0.
+    #[snafu(display(
+        "invalid S3 settings for bucket {bucket}: parts in flight and parts per size step must be at least 1"
+    ))]
+    ZeroParts {
+        /// The bucket.
+        bucket: String,
+    },
+    /// Only one half of a static key pair is given.
+    #[snafu(display(
+        "invalid S3 settings for bucket {bucket}: aws_access_key_id and aws_secret_access_key must be given together"
+    ))]
+    HalfCredentials {
+        /// The bucket.
+        bucket: String,
     },
     /// The CA bundle of `verify` cannot be read.
     #[snafu(display("cannot read the CA bundle {} for bucket {bucket}", path.display()))]
@@ -35,6 +53,16 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The CA bundle of `verify` holds no usable certificate.
+    #[snafu(display("invalid S3 settings for bucket {bucket}: invalid CA bundle {}: {reason}", path.display()))]
+    InvalidCaBundle {
+        /// The bucket.
+        bucket: String,
+        /// The bundle.
+        path: PathBuf,
+        /// What the TLS library said.
+        reason: String,
     },
     /// A request failed (after retries, for retryable failures).
     #[snafu(display("failed to {operation} in bucket {bucket}{}", key_suffix(key.as_deref())))]
@@ -85,6 +113,50 @@ pub enum Error {
         bucket: String,
         /// The object.
         key: String,
+    },
+    /// A request could not be built (a key the SDK refuses).
+    #[snafu(display("cannot {operation} in bucket {bucket}"))]
+    BuildRequest {
+        /// What we were doing.
+        operation: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// What the SDK said.
+        source: aws_sdk_s3::error::BuildError,
+    },
+    /// The server answered a request in a way S3 does not allow.
+    #[snafu(display(
+        "the server's answer to {operation} of {key} in bucket {bucket} has no {missing}"
+    ))]
+    MalformedResponse {
+        /// What we asked for.
+        operation: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+        /// What is missing.
+        missing: &'static str,
+    },
+    /// The server accepted an object-lock retention but does not keep it.
+    #[snafu(display(
+        "the server does not keep the object-lock retention of {key} in bucket {bucket}"
+    ))]
+    RetentionNotKept {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+    },
+    /// A part upload's task ended without a result (the runtime is shutting down).
+    #[snafu(display("the upload of a part of {key} in bucket {bucket} was stopped: {reason}"))]
+    PartStopped {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+        /// What the runtime said.
+        reason: String,
     },
     /// Some keys of a `DeleteObjects` call were not deleted.
     #[snafu(display("failed to delete {} object(s) from bucket {bucket}: {}", failures.len(), describe_failures(failures)))]

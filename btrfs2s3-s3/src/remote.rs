@@ -17,7 +17,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackupMeta;
-use crate::error::{AttemptCounter, CaBundleSnafu, Error, RequestError, WriteDownloadSnafu};
+use crate::error::{
+    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, Error, RequestError, WriteDownloadSnafu,
+};
 
 /// A secret string: never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -182,20 +184,14 @@ impl Remote {
     /// bucket surface with the first request.
     pub async fn connect(config: &RemoteConfig) -> Result<Remote, Error> {
         let bucket = config.bucket.clone();
-        let settings_error = |reason: String| Error::Settings {
-            bucket: bucket.clone(),
-            reason,
-        };
         if config.upload.part_size < 5 << 20 || config.upload.part_size > 5 << 30 {
-            return Err(settings_error(format!(
-                "part size {} is outside S3's limits (5 MiB to 5 GiB)",
-                config.upload.part_size
-            )));
+            return Err(Error::PartSize {
+                bucket,
+                size: config.upload.part_size,
+            });
         }
         if config.upload.parts_in_flight == 0 || config.upload.parts_per_size_step == 0 {
-            return Err(settings_error(
-                "parts in flight and parts per size step must be at least 1".into(),
-            ));
+            return Err(Error::ZeroParts { bucket });
         }
         let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
             .or_default_provider()
@@ -226,11 +222,7 @@ impl Remote {
                 ));
             }
             (None, None) => {}
-            _ => {
-                return Err(settings_error(
-                    "aws_access_key_id and aws_secret_access_key must be given together".into(),
-                ));
-            }
+            _ => return Err(Error::HalfCredentials { bucket }),
         }
         match &config.verify {
             Verify::System => {}
@@ -239,7 +231,12 @@ impl Remote {
                     bucket: bucket.clone(),
                     path: path.clone(),
                 })?;
-                let client = crate::tls::client_trusting(pem).map_err(settings_error)?;
+                let client =
+                    crate::tls::client_trusting(pem).map_err(|reason| Error::InvalidCaBundle {
+                        bucket: bucket.clone(),
+                        path: path.clone(),
+                        reason,
+                    })?;
                 loader = loader.http_client(client);
             }
             Verify::Off => {
@@ -456,17 +453,17 @@ impl Remote {
                 .iter()
                 .map(|key| ObjectIdentifier::builder().key(key.as_ref()).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::Settings {
-                    bucket: self.bucket.clone(),
-                    reason: e.to_string(),
+                .context(BuildRequestSnafu {
+                    operation: "delete objects",
+                    bucket: &self.bucket,
                 })?;
             let delete = Delete::builder()
                 .set_objects(Some(objects))
                 .quiet(false)
                 .build()
-                .map_err(|e| Error::Settings {
-                    bucket: self.bucket.clone(),
-                    reason: e.to_string(),
+                .context(BuildRequestSnafu {
+                    operation: "delete objects",
+                    bucket: &self.bucket,
                 })?;
             let counter = AttemptCounter::default();
             let response = self
@@ -508,5 +505,36 @@ impl Remote {
                 failures,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `connect` says about settings it refuses (it sends nothing, so no server is
+    /// needed).
+    async fn refused(change: impl FnOnce(&mut RemoteConfig)) -> Error {
+        let mut config = RemoteConfig::new("bucket");
+        change(&mut config);
+        Remote::connect(&config)
+            .await
+            .expect_err("the settings are refused")
+    }
+
+    #[tokio::test]
+    async fn unusable_settings_are_told_apart() {
+        let error = refused(|c| c.upload.part_size = 1 << 20).await;
+        assert!(
+            matches!(error, Error::PartSize { size, .. } if size == 1 << 20),
+            "{error}"
+        );
+        let error = refused(|c| c.upload.parts_in_flight = 0).await;
+        assert!(matches!(error, Error::ZeroParts { .. }), "{error}");
+        let error = refused(|c| c.access_key_id = Some("AKIA".to_owned())).await;
+        assert!(matches!(error, Error::HalfCredentials { .. }), "{error}");
+        let error = refused(|c| c.secret_access_key = Some(Secret::new("s3cr3t"))).await;
+        assert!(matches!(error, Error::HalfCredentials { .. }), "{error}");
+        assert!(!format!("{error} {error:?}").contains("s3cr3t"));
     }
 }

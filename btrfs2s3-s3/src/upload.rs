@@ -354,9 +354,9 @@ impl Remote {
         if retained(&self.head(key).await?) {
             Ok(())
         } else {
-            Err(Error::Settings {
+            Err(Error::RetentionNotKept {
                 bucket: self.bucket.clone(),
-                reason: format!("the server does not keep the object-lock retention of {key}"),
+                key: key.to_owned(),
             })
         }
     }
@@ -440,9 +440,11 @@ impl Remote {
             .send()
             .await
             .map_err(|e| self.request_error("start a multipart upload", Some(key), &counter, &e))?;
-        let upload_id = output.upload_id().ok_or_else(|| Error::Settings {
+        let upload_id = output.upload_id().ok_or_else(|| Error::MalformedResponse {
+            operation: "start a multipart upload",
             bucket: self.bucket.clone(),
-            reason: format!("the server started a multipart upload of {key} without an upload id"),
+            key: key.to_owned(),
+            missing: "upload id",
         })?;
         Ok(AbortGuard {
             remote: self.clone(),
@@ -543,9 +545,10 @@ impl Remote {
                 std::panic::resume_unwind(join_error.into_panic())
             }
             // Tasks are only cancelled when the set is dropped, never while we wait on it.
-            Some(Err(join_error)) => Err(Error::Settings {
+            Some(Err(join_error)) => Err(Error::PartStopped {
                 bucket: self.bucket.clone(),
-                reason: format!("a part upload was cancelled: {join_error}"),
+                key: key.to_owned(),
+                reason: join_error.to_string(),
             }),
             None => unreachable!("join_part is only called on a non-empty set"),
         }
