@@ -92,16 +92,14 @@ pub enum Error {
         actual: u64,
     },
     /// The operation was not permitted.
-    #[snafu(display("failed to {operation} {}{}: permission denied{hint}", path.display(), id_text(*subvolume_id)))]
+    #[snafu(display("failed to {operation} {}{}: permission denied{}", path.display(), id_text(*subvolume_id), operation.permission_hint()))]
     PermissionDenied {
         /// What we tried.
-        operation: &'static str,
+        operation: Operation,
         /// The path.
         path: PathBuf,
         /// The subvolume, if known.
         subvolume_id: Option<u64>,
-        /// What might help.
-        hint: &'static str,
         /// The OS error.
         source: io::Error,
     },
@@ -109,7 +107,7 @@ pub enum Error {
     #[snafu(display("failed to {operation} {}{}", path.display(), id_text(*subvolume_id)))]
     Os {
         /// What we tried.
-        operation: &'static str,
+        operation: Operation,
         /// The path.
         path: PathBuf,
         /// The subvolume, if known.
@@ -117,6 +115,69 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+}
+
+/// What was being done when a system call or a libbtrfsutil function failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Opening a directory.
+    Open,
+    /// `stat` of a path.
+    Stat,
+    /// Reading the filesystem type.
+    ReadFilesystemType,
+    /// Reading a subvolume's information.
+    ReadSubvolumeInfo,
+    /// Reading the filesystem's information.
+    ReadFilesystemInfo,
+    /// Listing a directory.
+    List,
+    /// Creating a snapshot.
+    CreateSnapshot,
+    /// Renaming a snapshot.
+    Rename,
+    /// Deleting a snapshot.
+    DeleteSnapshot,
+    /// Clearing a snapshot's read-only flag (to delete it without `CAP_SYS_ADMIN`).
+    ClearReadOnly,
+    /// A full send stream.
+    Send,
+    /// A differential send stream.
+    SendDifferential,
+    /// Turning a name into a C string.
+    UseName,
+}
+
+impl Operation {
+    /// What might help when the operation is not permitted.
+    fn permission_hint(self) -> &'static str {
+        match self {
+            Operation::Send | Operation::SendDifferential => {
+                " (needs CAP_SYS_ADMIN for send: run as root)"
+            }
+            _ => "",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Open => "open",
+            Operation::Stat => "stat",
+            Operation::ReadFilesystemType => "read the filesystem type of",
+            Operation::ReadSubvolumeInfo => "read the subvolume information of",
+            Operation::ReadFilesystemInfo => "read the filesystem information of",
+            Operation::List => "list",
+            Operation::CreateSnapshot => "create a snapshot at",
+            Operation::Rename => "rename",
+            Operation::DeleteSnapshot => "delete the snapshot",
+            Operation::ClearReadOnly => "clear the read-only flag of",
+            Operation::Send => "send",
+            Operation::SendDifferential => "send (differential)",
+            Operation::UseName => "use the name",
+        })
+    }
 }
 
 fn id_text(id: Option<u64>) -> String {
@@ -129,7 +190,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What the OS said, turned into our error for `operation` on `path`.
 fn os_error(
-    operation: &'static str,
+    operation: Operation,
     path: &Path,
     subvolume_id: Option<u64>,
     source: io::Error,
@@ -141,11 +202,6 @@ fn os_error(
             operation,
             path,
             subvolume_id,
-            hint: if operation.starts_with("send") {
-                " (needs CAP_SYS_ADMIN for send: run as root)"
-            } else {
-                ""
-            },
             source,
         },
         _ => Error::Os {
@@ -158,7 +214,7 @@ fn os_error(
 }
 
 fn nix_error(
-    operation: &'static str,
+    operation: Operation,
     path: &Path,
     subvolume_id: Option<u64>,
     errno: nix::Error,
@@ -170,7 +226,7 @@ fn nix_error(
 /// the failing system call) right away.
 fn check(
     code: ffi::BtrfsUtilError,
-    operation: &'static str,
+    operation: Operation,
     path: &Path,
     subvolume_id: Option<u64>,
 ) -> Result<()> {
@@ -205,7 +261,7 @@ fn check(
 
 fn c_name(name: &OsStr, path: &Path) -> Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| Error::Os {
-        operation: "use the name",
+        operation: Operation::UseName,
         path: path.to_path_buf(),
         subvolume_id: None,
         source: io::Error::new(io::ErrorKind::InvalidInput, "the name contains a NUL byte"),
@@ -271,7 +327,7 @@ impl SubvolumeInfo {
 /// Whether the open file is on a btrfs filesystem.
 pub fn is_btrfs(fd: BorrowedFd<'_>, path: &Path) -> Result<bool> {
     let stat = nix::sys::statfs::fstatfs(fd)
-        .map_err(|e| nix_error("read the filesystem type of", path, None, e))?;
+        .map_err(|e| nix_error(Operation::ReadFilesystemType, path, None, e))?;
     Ok(stat.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
 }
 
@@ -280,7 +336,7 @@ pub fn is_subvolume(fd: BorrowedFd<'_>, path: &Path) -> Result<bool> {
     if !is_btrfs(fd, path)? {
         return Ok(false);
     }
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| nix_error("stat", path, None, e))?;
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| nix_error(Operation::Stat, path, None, e))?;
     Ok(stat.st_ino == BTRFS_FIRST_FREE_OBJECTID && (stat.st_mode & libc::S_IFMT) == libc::S_IFDIR)
 }
 
@@ -296,7 +352,7 @@ pub fn subvolume_info(fd: BorrowedFd<'_>, path: &Path) -> Result<SubvolumeInfo> 
     // writable memory of the size and layout of `struct btrfs_util_subvolume_info` (checked by
     // a test), which the library fills in completely on success.
     let code = unsafe { ffi::btrfs_util_subvolume_info_fd(fd.as_raw_fd(), 0, raw.as_mut_ptr()) };
-    check(code, "read the subvolume information of", path, None)?;
+    check(code, Operation::ReadSubvolumeInfo, path, None)?;
     // SAFETY: the call succeeded, so the library initialised the struct; it was zeroed before
     // anyway, and every bit pattern is a valid value of its integer and array fields.
     let raw = unsafe { raw.assume_init() };
@@ -311,7 +367,7 @@ pub fn filesystem_uuid(fd: BorrowedFd<'_>, path: &Path) -> Result<Uuid> {
     // of the size the ioctl number encodes (`struct btrfs_ioctl_fs_info_args`, 1024 bytes,
     // checked by a test); zero flags ask for the basic fields only.
     unsafe { ffi::btrfs_ioc_fs_info(fd.as_raw_fd(), args.as_mut_ptr()) }
-        .map_err(|e| nix_error("read the filesystem information of", path, None, e))?;
+        .map_err(|e| nix_error(Operation::ReadFilesystemInfo, path, None, e))?;
     // SAFETY: the buffer was zero-initialised and the kernel wrote plain integers into it.
     let args = unsafe { args.assume_init() };
     Ok(Uuid::from_bytes(args.fsid))
@@ -323,7 +379,7 @@ fn open_directory(dir: Option<BorrowedFd<'_>>, name: &Path, full_path: &Path) ->
         Some(dir) => nix::fcntl::openat(dir, name, flags, Mode::empty()),
         None => nix::fcntl::open(name, flags - OFlag::O_NOFOLLOW, Mode::empty()),
     };
-    result.map_err(|e| nix_error("open", full_path, None, e))
+    result.map_err(|e| nix_error(Operation::Open, full_path, None, e))
 }
 
 /// An open subvolume: a source to snapshot.
@@ -443,11 +499,11 @@ impl SnapshotDir {
         // A new open file description: a duplicate descriptor would share the directory
         // offset, and a second listing would start where the first one ended.
         let fresh = open_directory(Some(self.fd.as_fd()), Path::new("."), &self.path)?;
-        let mut dir =
-            nix::dir::Dir::from_fd(fresh).map_err(|e| nix_error("list", &self.path, None, e))?;
+        let mut dir = nix::dir::Dir::from_fd(fresh)
+            .map_err(|e| nix_error(Operation::List, &self.path, None, e))?;
         let mut snapshots = Vec::new();
         for entry in dir.iter() {
-            let entry = entry.map_err(|e| nix_error("list", &self.path, None, e))?;
+            let entry = entry.map_err(|e| nix_error(Operation::List, &self.path, None, e))?;
             let name = OsStr::from_bytes(entry.file_name().to_bytes());
             if name == "." || name == ".." {
                 continue;
@@ -516,7 +572,7 @@ impl SnapshotDir {
                 std::ptr::null_mut(),
             )
         };
-        match check(code, "create a snapshot at", &path, None) {
+        match check(code, Operation::CreateSnapshot, &path, None) {
             Err(Error::Os { source: errno, .. }) if errno.raw_os_error() == Some(libc::EXDEV) => {
                 return Err(Error::OtherFilesystem {
                     directory: self.path.clone(),
@@ -561,7 +617,7 @@ impl SnapshotDir {
             nix::Error::EEXIST => Error::AlreadyExists {
                 path: self.path.join(to),
             },
-            e => nix_error("rename", &path, None, e),
+            e => nix_error(Operation::Rename, &path, None, e),
         })
     }
 
@@ -581,7 +637,7 @@ impl SnapshotDir {
             let code = unsafe {
                 ffi::btrfs_util_delete_subvolume_fd(self.fd.as_raw_fd(), c_name.as_ptr(), 0)
             };
-            check(code, "delete the snapshot", &path, Some(expected_id))
+            check(code, Operation::DeleteSnapshot, &path, Some(expected_id))
         };
         // Without CAP_SYS_ADMIN the kernel refuses read-only subvolumes with EROFS.
         let refused = |error: &Error| match error {
@@ -595,12 +651,7 @@ impl SnapshotDir {
                 // the call.
                 let code =
                     unsafe { ffi::btrfs_util_set_subvolume_read_only_fd(fd.as_raw_fd(), false) };
-                check(
-                    code,
-                    "clear the read-only flag of",
-                    &path,
-                    Some(expected_id),
-                )?;
+                check(code, Operation::ClearReadOnly, &path, Some(expected_id))?;
                 drop(fd);
                 delete()
             }
@@ -617,7 +668,7 @@ impl SnapshotDir {
         ) {
             Ok(_) => Ok(true),
             Err(nix::Error::ENOENT) => Ok(false),
-            Err(e) => Err(nix_error("stat", &self.path.join(name), None, e)),
+            Err(e) => Err(nix_error(Operation::Stat, &self.path.join(name), None, e)),
         }
     }
 }
@@ -677,9 +728,9 @@ pub fn send(snapshot: &impl AsFd, out: &impl AsFd, options: &SendOptions) -> Res
     let result = unsafe { ffi::btrfs_ioc_send(snapshot.as_raw_fd(), &raw const args) };
     result.map(drop).map_err(|errno| {
         let operation = if options.parent.is_some() {
-            "send (differential)"
+            Operation::SendDifferential
         } else {
-            "send"
+            Operation::Send
         };
         nix_error(operation, &path, None, errno)
     })
@@ -689,4 +740,36 @@ pub fn send(snapshot: &impl AsFd, out: &impl AsFd, options: &SendOptions) -> Res
 fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     std::fs::read_link(&link).unwrap_or(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(operation: Operation) -> String {
+        os_error(
+            operation,
+            Path::new("/pool/.snapshots/home"),
+            Some(257),
+            io::Error::from_raw_os_error(libc::EPERM),
+        )
+        .to_string()
+    }
+
+    #[test]
+    fn only_a_refused_send_hints_at_root() {
+        for operation in [Operation::Send, Operation::SendDifferential] {
+            let message = refused(operation);
+            assert!(message.contains("needs CAP_SYS_ADMIN"), "{message}");
+            assert!(
+                message.starts_with(&format!("failed to {operation} ")),
+                "{message}"
+            );
+        }
+        let message = refused(Operation::Rename);
+        assert_eq!(
+            message,
+            "failed to rename /pool/.snapshots/home (subvolume 257): permission denied"
+        );
+    }
 }
