@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use btrfs2s3_s3::format_ctime;
+use btrfs2s3_s3::{BackupMeta, format_ctime};
 pub use btrfs2s3_s3::{Remote, RemoteConfig};
 use jiff::tz::TimeZone;
 use serde::Serialize;
@@ -172,15 +172,6 @@ impl std::error::Error for ReadError {
     }
 }
 
-/// The base name of a key: its last path component up to the first dot.
-fn base_name(key: &str) -> &str {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    name.trim_start_matches('.')
-        .split('.')
-        .next()
-        .unwrap_or(name)
-}
-
 impl Catalog {
     /// A catalog of these backups.
     #[must_use]
@@ -314,7 +305,10 @@ impl Catalog {
         let mut views: Vec<SourceView> = sources
             .into_iter()
             .map(|(uuid, backups)| {
-                let name = backups.first().map_or("", |b| base_name(&b.key)).to_owned();
+                let name = backups
+                    .first()
+                    .map_or("", |b| BackupMeta::base_name(&b.key))
+                    .to_owned();
                 SourceView {
                     uuid,
                     name,
@@ -377,7 +371,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use btrfs2s3_s3::BackupMeta;
     use jiff::Timestamp;
 
     /// A backup of snapshot `n` of source `source`, sent against `parent`.

@@ -105,6 +105,21 @@ impl BackupMeta {
         format!("{base}{}", self.key_suffix(tz))
     }
 
+    /// The base of a key: its last `/`-separated component up to the first `.` (leading dots
+    /// aside), which for our keys is the source directory's name.
+    ///
+    /// ```
+    /// use btrfs2s3_s3::BackupMeta;
+    ///
+    /// assert_eq!(BackupMeta::base_name("backups/home.ctim2026-03-08T01:00:00-08:00.mdvn1"), "home");
+    /// assert_eq!(BackupMeta::base_name(".hidden.ctid5"), "hidden");
+    /// ```
+    #[must_use]
+    pub fn base_name(key: &str) -> &str {
+        let name = file_name(key).trim_start_matches('.');
+        name.split('.').next().unwrap_or(name)
+    }
+
     /// Parses a key (or a path: only its last `/`-separated component counts).
     pub fn parse_key(key: &str) -> Result<BackupMeta, KeyError> {
         let mut uuid = None;
