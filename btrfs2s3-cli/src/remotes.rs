@@ -397,7 +397,7 @@ pub fn verify(args: &VerifyArgs) -> u8 {
         let broken: BTreeSet<Uuid> = catalog
             .broken_chains()
             .iter()
-            .map(|(b, _)| b.meta.uuid)
+            .map(|b| b.meta.uuid)
             .collect();
         let selected: Vec<&BackupState> = match args.uuid {
             None => catalog.backups().iter().collect(),
@@ -415,11 +415,12 @@ pub fn verify(args: &VerifyArgs) -> u8 {
                 }
             },
         };
-        for (backup, parent) in catalog.broken_chains() {
+        for backup in catalog.broken_chains() {
             if selected.iter().any(|s| s.meta.uuid == backup.meta.uuid) {
                 println!(
-                    "remote {id}: {}: FAILED: broken chain: send parent {parent} is not in the remote",
-                    backup.key
+                    "remote {id}: {}: FAILED: broken chain: send parent {} is not in the remote",
+                    backup.key,
+                    backup.meta.send_parent_uuid.unwrap_or_default()
                 );
                 failed += 1;
             }

@@ -49,9 +49,18 @@ pub enum SelectError {
     Broken {
         /// The remote.
         remote: String,
-        /// (backup key, missing send parent uuid).
-        chains: Vec<(String, Uuid)>,
+        /// Where the chains break.
+        chains: Vec<BrokenLink>,
     },
+}
+
+/// A backup whose send parent is not in the remote.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BrokenLink {
+    /// The backup's key.
+    pub key: String,
+    /// The missing send parent.
+    pub send_parent: Uuid,
 }
 
 impl std::fmt::Display for SelectError {
@@ -65,8 +74,11 @@ impl std::fmt::Display for SelectError {
                 write!(f, "in remote {remote}, backup chains are broken: ")?;
                 let described: Vec<String> = chains
                     .iter()
-                    .map(|(key, parent)| {
-                        format!("{key} needs send parent {parent}, which is not in the remote")
+                    .map(|link| {
+                        format!(
+                            "{} needs send parent {}, which is not in the remote",
+                            link.key, link.send_parent
+                        )
                     })
                     .collect();
                 f.write_str(&described.join("; "))
@@ -211,13 +223,16 @@ impl Catalog {
         &self.backups
     }
 
-    /// Every backup whose send parent is not in the remote, with that parent.
+    /// Every backup whose send parent is not in the remote.
     #[must_use]
-    pub fn broken_chains(&self) -> Vec<(&BackupState, Uuid)> {
+    pub fn broken_chains(&self) -> Vec<&BackupState> {
         self.backups
             .iter()
-            .filter_map(|b| b.meta.send_parent_uuid.map(|parent| (b, parent)))
-            .filter(|(_, parent)| !self.by_uuid.contains_key(parent))
+            .filter(|b| {
+                b.meta
+                    .send_parent_uuid
+                    .is_some_and(|parent| !self.by_uuid.contains_key(&parent))
+            })
             .collect()
     }
 
@@ -255,7 +270,10 @@ impl Catalog {
                 if let Some(parent_backup) = self.get(parent) {
                     current = parent_backup;
                 } else {
-                    broken.push((current.key.to_string(), parent));
+                    broken.push(BrokenLink {
+                        key: current.key.to_string(),
+                        send_parent: parent,
+                    });
                     break;
                 }
             }

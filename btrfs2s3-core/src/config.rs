@@ -74,16 +74,25 @@ impl Config {
 pub struct ConfigError {
     /// The file.
     pub path: PathBuf,
-    /// The 1-based line and column, when the problem has a place.
-    pub position: Option<(u64, u64)>,
+    /// Where in the file, when the problem has a place.
+    pub position: Option<Position>,
     /// What is wrong, naming the key.
     pub message: String,
+}
+
+/// A place in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The line, from 1.
+    pub line: u64,
+    /// The column, from 1.
+    pub column: u64,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, column)) => write!(
+            Some(Position { line, column }) => write!(
                 f,
                 "invalid config {}:{line}:{column}: {}",
                 self.path.display(),
@@ -232,7 +241,7 @@ pub fn load_for(path: &Path, needs: Needs) -> Result<Config, ConfigError> {
         let column = lines.last().map_or(0, |last| last.len()) as u64 + 1;
         ConfigError {
             path: path.to_path_buf(),
-            position: Some((line, column)),
+            position: Some(Position { line, column }),
             message: "the file is not valid UTF-8".to_owned(),
         }
     })?;
@@ -268,7 +277,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, ConfigError> {
     let at = |location: &serde_saphyr::Location, message: String| ConfigError {
         path: path.to_path_buf(),
-        position: Some((location.line(), location.column())),
+        position: Some(Position {
+            line: location.line(),
+            column: location.column(),
+        }),
         message,
     };
     let (timezone, raw_sources, raw_remotes) = match needs {
@@ -316,9 +328,12 @@ fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<
     let mut options = serde_saphyr::options::Options::default();
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let position = e.location().map(|l| (l.line(), l.column()));
+        let position = e.location().map(|l| Position {
+            line: l.line(),
+            column: l.column(),
+        });
         let mut message = e.to_string();
-        if let Some((line, column)) = position {
+        if let Some(Position { line, column }) = position {
             let suffix = format!(" at line {line}, column {column}");
             if let Some(stripped) = message.strip_suffix(&suffix) {
                 message = stripped.to_owned();
@@ -329,7 +344,9 @@ fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<
             .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
         if message == "unexpected end of input" && only_comments {
             "the file is empty; it needs timezone, sources and remotes".clone_into(&mut message);
-        } else if position == Some((1, 1)) && message == "expected mapping start" {
+        } else if position == Some(Position { line: 1, column: 1 })
+            && message == "expected mapping start"
+        {
             "the file must be a mapping with the keys timezone, sources and remotes"
                 .clone_into(&mut message);
         }
@@ -695,7 +712,11 @@ remotes:
             error.message.contains(fragment),
             "{from:?} -> {to:?}: {error}"
         );
-        assert_eq!(error.position, position, "{from:?} -> {to:?}: {error}");
+        assert_eq!(
+            error.position.map(|p| (p.line, p.column)),
+            position,
+            "{from:?} -> {to:?}: {error}"
+        );
         assert!(
             error.to_string().starts_with("invalid config c.yaml"),
             "{error}"
@@ -918,7 +939,13 @@ remotes:
             error.message.contains("sources: the list is empty"),
             "{error}"
         );
-        assert_eq!(error.position, Some((2, 10)));
+        assert_eq!(
+            error.position,
+            Some(Position {
+                line: 2,
+                column: 10
+            })
+        );
     }
 
     #[test]
@@ -936,7 +963,7 @@ remotes:
         let not_utf8 = dir.join("latin1.yaml");
         std::fs::write(&not_utf8, b"timezone: UTC\n# caf\xe9\n").unwrap();
         let error = load(&not_utf8).unwrap_err();
-        assert_eq!(error.position, Some((2, 6)));
+        assert_eq!(error.position, Some(Position { line: 2, column: 6 }));
         assert!(error.message.contains("not valid UTF-8"));
         let world_readable = dir.join("secrets.yaml");
         std::fs::write(&world_readable, PYTHON_CONFIG).unwrap();

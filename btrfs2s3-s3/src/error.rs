@@ -164,7 +164,7 @@ pub enum Error {
         /// The bucket.
         bucket: String,
         /// Each key that was not deleted, and why.
-        failures: Vec<(String, String)>,
+        failures: Vec<DeleteFailure>,
     },
 }
 
@@ -172,11 +172,20 @@ fn key_suffix(key: Option<&str>) -> String {
     key.map(|key| format!(" (key {key})")).unwrap_or_default()
 }
 
-fn describe_failures(failures: &[(String, String)]) -> String {
+/// A key that `DeleteObjects` did not delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteFailure {
+    /// The key.
+    pub key: String,
+    /// The server's error code and message, or that it did not confirm the delete.
+    pub reason: String,
+}
+
+fn describe_failures(failures: &[DeleteFailure]) -> String {
     let mut text: Vec<String> = failures
         .iter()
         .take(5)
-        .map(|(key, reason)| format!("{key}: {reason}"))
+        .map(|failure| format!("{}: {}", failure.key, failure.reason))
         .collect();
     if failures.len() > 5 {
         text.push(format!("and {} more", failures.len() - 5));

@@ -11,7 +11,7 @@ mod remote;
 mod tls;
 mod upload;
 
-pub use error::{Error, RequestError};
+pub use error::{DeleteFailure, Error, RequestError};
 pub use key::{BackupMeta, KeyError, format_ctime};
 pub use remote::{
     ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, Secret,

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BackupMeta;
 use crate::error::{
-    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, Error, RequestError, WriteDownloadSnafu,
+    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, DeleteFailure, Error, RequestError,
+    WriteDownloadSnafu,
 };
 
 /// A secret string: never shown by `Debug` or `Display`.
@@ -482,18 +483,21 @@ impl Remote {
             for error in response.errors() {
                 let key = error.key().unwrap_or("?");
                 reported.insert(key);
-                failures.push((
-                    key.to_owned(),
-                    format!(
+                failures.push(DeleteFailure {
+                    key: key.to_owned(),
+                    reason: format!(
                         "{} ({})",
                         error.code().unwrap_or("error"),
                         error.message().unwrap_or("no message")
                     ),
-                ));
+                });
             }
             for key in batch.iter().map(AsRef::as_ref) {
                 if !deleted.contains(key) && !reported.contains(key) {
-                    failures.push((key.to_owned(), "not confirmed by the server".to_owned()));
+                    failures.push(DeleteFailure {
+                        key: key.to_owned(),
+                        reason: "not confirmed by the server".to_owned(),
+                    });
                 }
             }
         }
