@@ -1,7 +1,7 @@
 //! The printed preview of a plan: the snapshots, the backup tree of each remote, and the
 //! actions. Plain text, aligned in columns, the same on a terminal and in a log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
@@ -139,24 +139,9 @@ pub fn write_plan(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
 /// Full backups at the root, differentials under their send parent.
 fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Result<()> {
     let present: BTreeSet<Uuid> = backups.iter().map(|b| b.uuid).collect();
-    let mut children: BTreeMap<Uuid, Vec<&PlannedBackup>> = BTreeMap::new();
-    let mut roots = Vec::new();
-    for backup in backups {
-        match backup.send_parent {
-            Some(parent) if present.contains(&parent) => {
-                children.entry(parent).or_default().push(backup);
-            }
-            _ => roots.push(*backup),
-        }
-    }
-    // Roots and children in ctransid order.
-    roots.sort_by_key(|b| b.ctransid);
-    for kids in children.values_mut() {
-        kids.sort_by_key(|b| b.ctransid);
-    }
+    let tree = btrfs2s3_core::tree::depth_first(backups);
     write_table(out, "    ", |row| {
-        let mut stack: Vec<(&PlannedBackup, usize)> = roots.iter().rev().map(|b| (*b, 0)).collect();
-        while let Some((backup, depth)) = stack.pop() {
+        for (backup, depth) in &tree {
             let marker = if backup.new {
                 "+"
             } else if backup.keep.is_none() {
@@ -164,7 +149,7 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
             } else {
                 " "
             };
-            let mut name = format!("{}{}", "  ".repeat(depth), backup.key);
+            let mut name = format!("{}{}", "  ".repeat(*depth), backup.key);
             if backup
                 .send_parent
                 .is_some_and(|parent| !present.contains(&parent))
@@ -186,9 +171,6 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
                 &size,
                 backup.storage_class.as_deref().unwrap_or_default(),
             ]);
-            if let Some(kids) = children.get(&backup.uuid) {
-                stack.extend(kids.iter().rev().map(|b| (*b, depth + 1)));
-            }
         }
     })
 }

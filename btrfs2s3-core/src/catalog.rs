@@ -144,16 +144,7 @@ pub async fn read(id: &str, config: &RemoteConfig) -> Result<(Remote, Catalog), 
     };
     let remote = Remote::connect(config).await.map_err(error)?;
     let listing = remote.list().await.map_err(error)?;
-    let backups = listing
-        .backups
-        .into_iter()
-        .map(|backup| BackupState {
-            key: backup.object.key.into(),
-            meta: backup.meta,
-            size: backup.object.size,
-            storage_class: backup.object.storage_class,
-        })
-        .collect();
+    let backups = listing.backups.into_iter().map(BackupState::from).collect();
     let catalog = Catalog::new(
         id.to_owned(),
         remote.bucket().to_owned(),
@@ -345,26 +336,9 @@ impl Catalog {
 
     /// Backups in depth-first tree order, oldest first at each level.
     fn tree(&self, backups: &[&BackupState], tz: &TimeZone) -> Vec<BackupView> {
-        let present: BTreeSet<Uuid> = backups.iter().map(|b| b.meta.uuid).collect();
-        let mut children: BTreeMap<Uuid, Vec<&BackupState>> = BTreeMap::new();
-        let mut roots = Vec::new();
-        for backup in backups {
-            match backup.meta.send_parent_uuid {
-                Some(parent) if present.contains(&parent) => {
-                    children.entry(parent).or_default().push(backup);
-                }
-                _ => roots.push(*backup),
-            }
-        }
-        let mut out = Vec::new();
-        let mut stack: Vec<(&BackupState, usize)> =
-            roots.into_iter().rev().map(|b| (b, 0)).collect();
-        let mut visited = BTreeSet::new();
-        while let Some((backup, depth)) = stack.pop() {
-            if !visited.insert(backup.meta.uuid) {
-                continue;
-            }
-            out.push(BackupView {
+        crate::tree::depth_first(backups)
+            .into_iter()
+            .map(|(backup, depth)| BackupView {
                 key: backup.key.to_string(),
                 uuid: backup.meta.uuid,
                 send_parent: backup.meta.send_parent_uuid,
@@ -377,12 +351,8 @@ impl Catalog {
                     .meta
                     .send_parent_uuid
                     .is_some_and(|parent| !self.by_uuid.contains_key(&parent)),
-            });
-            if let Some(kids) = children.get(&backup.meta.uuid) {
-                stack.extend(kids.iter().rev().map(|kid| (*kid, depth + 1)));
-            }
-        }
-        out
+            })
+            .collect()
     }
 }
 

@@ -20,4 +20,5 @@ pub mod plan;
 pub mod restore;
 #[cfg(test)]
 mod safety;
+pub mod tree;
 pub mod update;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use btrfs2s3_policy::{
     BackupItem, BrokenChain, Flags, Item, Keep, Params, Policy, Reasons, resolve,
 };
-use btrfs2s3_s3::{BackupMeta, format_ctime};
+use btrfs2s3_s3::{BackupMeta, ListedBackup, format_ctime};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
@@ -394,6 +394,41 @@ impl Item for BackupState {
 impl BackupItem for BackupState {
     fn send_parent(&self) -> Option<Uuid> {
         self.meta.send_parent_uuid
+    }
+}
+
+impl From<ListedBackup> for BackupState {
+    fn from(backup: ListedBackup) -> BackupState {
+        BackupState {
+            key: backup.object.key.into(),
+            meta: backup.meta,
+            size: backup.object.size,
+            storage_class: backup.object.storage_class,
+        }
+    }
+}
+
+impl crate::tree::Node for BackupState {
+    fn uuid(&self) -> Uuid {
+        self.meta.uuid
+    }
+    fn send_parent(&self) -> Option<Uuid> {
+        self.meta.send_parent_uuid
+    }
+    fn ctransid(&self) -> i64 {
+        self.meta.ctransid
+    }
+}
+
+impl crate::tree::Node for PlannedBackup {
+    fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+    fn send_parent(&self) -> Option<Uuid> {
+        self.send_parent
+    }
+    fn ctransid(&self) -> i64 {
+        self.ctransid
     }
 }
 

@@ -230,16 +230,7 @@ async fn list_remotes(
         remotes.push(RemoteState {
             id: remote.id.clone(),
             bucket: client.bucket().to_owned(),
-            backups: listing
-                .backups
-                .into_iter()
-                .map(|backup| BackupState {
-                    key: backup.object.key.into(),
-                    meta: backup.meta,
-                    size: backup.object.size,
-                    storage_class: backup.object.storage_class,
-                })
-                .collect(),
+            backups: listing.backups.into_iter().map(BackupState::from).collect(),
             foreign_objects: listing.foreign.len(),
             pages: listing.pages,
             pending_uploads,
