@@ -20,6 +20,7 @@ mod update;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use btrfs2s3_core::cancel::{self, Cancel, SignalEvent};
 use clap::{Parser, Subcommand};
 
 /// Exit codes, decided once (see the README).
@@ -88,6 +89,38 @@ pub struct UpdateArgs {
 fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
     text.parse::<jiff::Timestamp>()
         .map_err(|e| format!("{text:?} is not an RFC 3339 instant like 2026-03-08T12:00:00Z: {e}"))
+}
+
+/// Runs `work` to its exit code on a multi-threaded runtime whose [`Cancel`] the first SIGINT
+/// or SIGTERM triggers (the run stops cleanly); a second one ends the process at once.
+fn with_runtime<F: Future<Output = u8>>(work: impl FnOnce(Cancel) -> F) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("btrfs2s3: cannot start: {error}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let cancel = Cancel::new();
+        let watched = cancel::on_signals(&cancel, |event| match event {
+            SignalEvent::Stopping(name) => eprintln!(
+                "btrfs2s3: {name} received: stopping cleanly (send it again to stop at once)"
+            ),
+            SignalEvent::Again(_) => {
+                eprintln!("btrfs2s3: stopping at once");
+                std::process::exit(i32::from(exit::FAILURE));
+            }
+        });
+        if let Err(error) = watched {
+            eprintln!("btrfs2s3: cannot handle signals: {error}");
+            return exit::FAILURE;
+        }
+        work(cancel).await
+    })
 }
 
 fn main() -> ExitCode {

@@ -192,51 +192,46 @@ pub fn print_json(value: &impl serde::Serialize) {
 #[must_use]
 pub fn describe_action(action: &Action) -> String {
     match action {
-        Action::AbortUpload { remote, key, .. } => {
-            format!(
-                "abort    {remote}: the unfinished upload of {key} (left by an interrupted run)"
-            )
-        }
-        Action::CreateSnapshot {
-            source,
-            directory,
-            name,
-        } => {
-            format!(
-                "snapshot {} -> {}",
-                source.display(),
-                directory.join(name).display()
-            )
-        }
-        Action::Rename { snapshot, to } => {
-            format!(
-                "rename   {} -> {to}",
-                snapshot.directory.join(&snapshot.name).display()
-            )
-        }
-        Action::Upload {
-            remote,
-            key,
-            snapshot,
-            send_parent,
-            ..
-        } => {
-            let kind = match send_parent {
+        Action::AbortUpload(abort) => format!(
+            "abort    {}: the unfinished upload of {} (left by an interrupted run)",
+            abort.remote, abort.key
+        ),
+        Action::CreateSnapshot(create) => format!(
+            "snapshot {} -> {}",
+            create.source.display(),
+            create.directory.join(&create.name).display()
+        ),
+        Action::Rename(rename) => format!(
+            "rename   {} -> {}",
+            rename
+                .snapshot
+                .directory
+                .join(&rename.snapshot.name)
+                .display(),
+            rename.to
+        ),
+        Action::Upload(upload) => {
+            let spec = &upload.spec;
+            let kind = match &spec.send_parent {
                 Some(parent) => format!("differential from {}", parent.name),
                 None => "full".to_owned(),
             };
             format!(
-                "upload   {} -> {remote}: {key} ({kind})",
-                snapshot.directory.join(&snapshot.name).display()
+                "upload   {} -> {}: {} ({kind})",
+                spec.snapshot.directory.join(&spec.snapshot.name).display(),
+                spec.remote,
+                spec.key
             )
         }
-        Action::Destroy { snapshot } => {
-            format!(
-                "destroy  {}",
-                snapshot.directory.join(&snapshot.name).display()
-            )
-        }
-        Action::Delete { remote, key, .. } => format!("delete   {remote}: {key}"),
+        Action::Destroy(destroy) => format!(
+            "destroy  {}",
+            destroy
+                .snapshot
+                .directory
+                .join(&destroy.snapshot.name)
+                .display()
+        ),
+        Action::Delete(delete) => format!("delete   {}: {}", delete.remote, delete.key),
     }
 }
 

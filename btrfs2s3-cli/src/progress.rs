@@ -99,7 +99,7 @@ impl Observer for Progress {
     fn started(&self, action: &Action) {
         self.begin(
             &describe_action(action),
-            matches!(action, Action::Upload { .. }),
+            matches!(action, Action::Upload(_)),
         );
     }
 
@@ -108,7 +108,7 @@ impl Observer for Progress {
     }
 
     fn finished(&self, action: &Action, result: &ActionResult) {
-        let transfer = matches!(action, Action::Upload { .. });
+        let transfer = matches!(action, Action::Upload(_));
         self.end(&describe_action(action), &describe_result(result), transfer);
     }
 }

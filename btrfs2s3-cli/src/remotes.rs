@@ -1,17 +1,18 @@
-//! `list`, `restore` and `verify`: the commands that read backups. They need only the
-//! remotes of a config (and its time zone), or, when the config is lost, a bucket given on
-//! the command line.
+//! `list`, `restore` and `verify`: their arguments, the rendering of what they find, and their
+//! exit codes. The work is `btrfs2s3_core::run`'s.
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use btrfs2s3_core::catalog::{Catalog, CatalogView, Remote, RemoteConfig, SelectError, Selection};
+use btrfs2s3_core::catalog::{CatalogView, SelectError, Selection};
 use btrfs2s3_core::config::{self, Needs};
-use btrfs2s3_core::execute::error_chain;
+use btrfs2s3_core::error_chain;
+use btrfs2s3_core::pipeline::PipelineError;
 use btrfs2s3_core::plan::BackupState;
 use btrfs2s3_core::restore;
-use jiff::tz::TimeZone;
+use btrfs2s3_core::run::{
+    self, ReadError, RestoreOptions, Target, Transfer, TransferUi, Verdict, VerifyOptions, VerifyUi,
+};
 use uuid::Uuid;
 
 use crate::exit;
@@ -41,25 +42,15 @@ pub struct RemoteArgs {
     pub profile: Option<String>,
 }
 
-/// The remotes to read and the time zone to show times in.
-struct Target {
-    timezone: TimeZone,
-    remotes: Vec<(String, RemoteConfig)>,
-}
-
-/// Resolves the remote arguments; `Err` is the exit code after the message was printed.
+/// The remotes the arguments name; `Err` is the exit code after the message was printed.
 fn target(args: &RemoteArgs, need_one: bool) -> Result<Target, u8> {
     if let Some(bucket) = &args.bucket {
-        let config = RemoteConfig {
-            endpoint_url: args.endpoint_url.clone(),
-            region: args.region.clone(),
-            profile: args.profile.clone(),
-            ..RemoteConfig::new(bucket)
-        };
-        return Ok(Target {
-            timezone: TimeZone::UTC,
-            remotes: vec![(bucket.clone(), config)],
-        });
+        return Ok(Target::bucket(
+            bucket,
+            args.endpoint_url.clone(),
+            args.region.clone(),
+            args.profile.clone(),
+        ));
     }
     let Some(path) = &args.config else {
         eprintln!("btrfs2s3: give a config, or the remote with --bucket");
@@ -72,51 +63,26 @@ fn target(args: &RemoteArgs, need_one: bool) -> Result<Target, u8> {
     for warning in &config.warnings {
         eprintln!("btrfs2s3: warning: {warning}");
     }
-    let remotes: Vec<(String, RemoteConfig)> = config
-        .remotes
-        .iter()
-        .filter(|remote| args.remote.as_ref().is_none_or(|id| *id == remote.id))
-        .map(|remote| (remote.id.clone(), remote.s3.clone()))
-        .collect();
-    if let (Some(id), true) = (&args.remote, remotes.is_empty()) {
-        let known: Vec<&str> = config.remotes.iter().map(|r| r.id.as_str()).collect();
-        eprintln!(
-            "btrfs2s3: {} has no remote {id:?} (it has: {})",
-            path.display(),
-            known.join(", ")
-        );
-        return Err(exit::USAGE);
-    }
-    if need_one && remotes.len() != 1 {
-        let known: Vec<&str> = remotes.iter().map(|(id, _)| id.as_str()).collect();
-        eprintln!(
-            "btrfs2s3: {} has several remotes; choose one with --remote ({})",
-            path.display(),
-            known.join(", ")
-        );
-        return Err(exit::USAGE);
-    }
-    Ok(Target {
-        timezone: config.timezone.clone(),
-        remotes,
+    let only = args.remote.as_deref();
+    let target = if need_one {
+        Target::single(&config, only)
+    } else {
+        Target::config(&config, only)
+    };
+    target.map_err(|error| {
+        eprintln!("btrfs2s3: {error}");
+        exit::USAGE
     })
 }
 
-/// Connects to a remote and reads its catalog; `Err` is the message.
-async fn catalog(id: &str, config: &RemoteConfig) -> Result<(Remote, Catalog), String> {
-    btrfs2s3_core::catalog::read(id, config)
-        .await
-        .map_err(|error| error_chain(&error))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, u8> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            eprintln!("btrfs2s3: cannot start: {error}");
-            exit::FAILURE
-        })
+/// The message and exit code of a read command that could not do its work.
+fn failed(error: &ReadError) -> u8 {
+    eprintln!("btrfs2s3: {}", error_chain(error));
+    if error.is_usage() {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    }
 }
 
 /// Arguments of `list`.
@@ -135,21 +101,16 @@ pub fn list(args: &ListArgs) -> u8 {
         Ok(target) => target,
         Err(code) => return code,
     };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let mut views = Vec::new();
-    for (id, config) in &target.remotes {
-        match runtime.block_on(catalog(id, config)) {
-            Ok((_, catalog)) => views.push(catalog.view(&target.timezone)),
-            Err(message) => {
-                eprintln!("btrfs2s3: {message}");
-                return exit::FAILURE;
-            }
+    crate::with_runtime(|cancel| async move {
+        match run::list(&target, &cancel).await {
+            Ok(views) => print_list(&target, &views, args.json),
+            Err(error) => failed(&error),
         }
-    }
-    if args.json {
+    })
+}
+
+fn print_list(target: &Target, views: &[CatalogView], json: bool) -> u8 {
+    if json {
         #[derive(serde::Serialize)]
         struct Printed<'a> {
             timezone: Option<&'a str>,
@@ -157,7 +118,7 @@ pub fn list(args: &ListArgs) -> u8 {
         }
         crate::output::print_json(&Printed {
             timezone: target.timezone.iana_name(),
-            remotes: &views,
+            remotes: views,
         });
     } else {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -210,6 +171,33 @@ fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()>
     Ok(())
 }
 
+/// Progress of transfers on standard error.
+impl TransferUi for Progress {
+    fn started(&self, transfer: Transfer<'_>) {
+        self.begin(&transfer_label(transfer), true);
+    }
+
+    fn progress(&self, bytes: u64) {
+        self.advance(bytes);
+    }
+
+    fn finished(&self, transfer: Transfer<'_>, result: &Result<u64, PipelineError>) {
+        let outcome = match (transfer, result) {
+            (Transfer::Receive { .. }, Ok(size)) => format!("done ({})", bytes(*size)),
+            (Transfer::Verify { .. }, Ok(size)) => format!("ok ({})", bytes(*size)),
+            (_, Err(_)) => "FAILED".to_owned(),
+        };
+        self.end(&transfer_label(transfer), &outcome, true);
+    }
+}
+
+fn transfer_label(transfer: Transfer<'_>) -> String {
+    match transfer {
+        Transfer::Receive { key } => format!("receive {key}"),
+        Transfer::Verify { remote, key } => format!("verify {remote}: {key}"),
+    }
+}
+
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
@@ -243,13 +231,6 @@ fn split_all(commands: &[String]) -> Result<Vec<Vec<String>>, u8> {
         })
 }
 
-fn select_error_code(error: &SelectError) -> u8 {
-    match error {
-        SelectError::Unknown { .. } => exit::USAGE,
-        SelectError::Broken { .. } => exit::FAILURE,
-    }
-}
-
 /// `btrfs2s3 restore`.
 pub fn restore(args: &RestoreArgs) -> u8 {
     let target = match target(&args.remotes, true) {
@@ -260,97 +241,65 @@ pub fn restore(args: &RestoreArgs) -> u8 {
         Ok(commands) => commands,
         Err(code) => return code,
     };
-    let present = match restore::received_uuids(&args.dest) {
-        Ok(present) => present,
-        Err(error) => {
-            eprintln!(
-                "btrfs2s3: cannot restore into {}: {}",
-                args.dest.display(),
-                error_chain(&error)
-            );
-            return exit::USAGE;
-        }
+    let options = RestoreOptions {
+        dest: args.dest.clone(),
+        selection: args.uuid.map_or(Selection::All, Selection::Uuid),
+        pipe_through,
     };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let (id, config) = &target.remotes[0];
-    let (remote, catalog) = match runtime.block_on(catalog(id, config)) {
-        Ok(found) => found,
-        Err(message) => {
-            eprintln!("btrfs2s3: {message}");
-            return exit::FAILURE;
-        }
-    };
-    let selection = args.uuid.map_or(Selection::All, Selection::Uuid);
-    let items = match restore::plan_restore(&catalog, selection, &present, &target.timezone) {
-        Ok(items) => items,
-        Err(error) => {
-            eprintln!("btrfs2s3: {error}");
-            return select_error_code(&error);
-        }
-    };
-    println!(
-        "restoring from remote {id} into {}, in this order:",
-        args.dest.display()
-    );
-    for item in &items {
-        let status = if item.present {
-            "already there, skipped"
-        } else {
-            "to receive"
+    crate::with_runtime(|cancel| async move {
+        let plan = match run::prepare_restore(&target, options, &cancel).await {
+            Ok(plan) => plan,
+            Err(error) => return failed(&error),
         };
         println!(
-            "  {}  {}  {}  {status}",
-            item.key,
-            item.ctime,
-            bytes(item.size)
+            "restoring from remote {} into {}, in this order:",
+            plan.remote_id,
+            plan.dest.display()
         );
-    }
-    if args.pretend || items.iter().all(|item| item.present) {
-        if !args.pretend {
-            println!("nothing to do");
+        for item in &plan.items {
+            let status = if item.present {
+                "already there, skipped"
+            } else {
+                "to receive"
+            };
+            println!(
+                "  {}  {}  {}  {status}",
+                item.key,
+                item.ctime,
+                bytes(item.size)
+            );
         }
-        return exit::OK;
-    }
-    let progress = Progress::new(std::io::stderr().is_terminal());
-    let mut received = 0;
-    for item in items.iter().filter(|item| !item.present) {
-        let label = format!("receive {}", item.key);
-        progress.begin(&label, true);
-        let advance = |n: u64| progress.advance(n);
-        let result = runtime.block_on(restore::receive(
-            &remote,
-            &item.key,
-            &args.dest,
-            &pipe_through,
-            &advance,
-        ));
-        match result {
-            Ok(size) => {
-                progress.end(&label, &format!("done ({})", bytes(size)), true);
-                received += 1;
+        if args.pretend || plan.is_done() {
+            if !args.pretend {
+                println!("nothing to do");
             }
-            Err(error) => {
-                progress.end(&label, "FAILED", true);
+            return exit::OK;
+        }
+        let progress = Progress::new(std::io::stderr().is_terminal());
+        let report = run::restore(&plan, &progress).await;
+        match report.failure {
+            None => {
+                println!(
+                    "done: {} backup(s) received into {}",
+                    report.received,
+                    plan.dest.display()
+                );
+                exit::OK
+            }
+            Some(failure) => {
                 eprintln!(
                     "btrfs2s3: restoring {} failed: {}",
-                    item.key,
-                    error_chain(&error)
+                    failure.key,
+                    error_chain(&failure.error)
                 );
                 eprintln!(
-                    "btrfs2s3: {received} backup(s) received; run the same command again to go on (what is there is skipped)"
+                    "btrfs2s3: {} backup(s) received; run the same command again to go on (what is there is skipped)",
+                    report.received
                 );
-                return exit::FAILURE;
+                exit::FAILURE
             }
         }
-    }
-    println!(
-        "done: {received} backup(s) received into {}",
-        args.dest.display()
-    );
-    exit::OK
+    })
 }
 
 /// Arguments of `verify`.
@@ -367,6 +316,44 @@ pub struct VerifyArgs {
     pub pipe_through: Vec<String>,
 }
 
+/// What `verify` finds, one line per backup on standard output.
+struct VerifyLines(Progress);
+
+impl TransferUi for VerifyLines {
+    fn started(&self, transfer: Transfer<'_>) {
+        self.0.started(transfer);
+    }
+
+    fn progress(&self, bytes: u64) {
+        TransferUi::progress(&self.0, bytes);
+    }
+
+    fn finished(&self, transfer: Transfer<'_>, result: &Result<u64, PipelineError>) {
+        TransferUi::finished(&self.0, transfer, result);
+    }
+}
+
+impl VerifyUi for VerifyLines {
+    fn verdict(&self, remote: &str, backup: &BackupState, verdict: &Verdict) {
+        match verdict {
+            Verdict::Intact { .. } => println!("remote {remote}: {}: ok", backup.key),
+            Verdict::BrokenChain { send_parent } => println!(
+                "remote {remote}: {}: FAILED: broken chain: send parent {send_parent} is not in the remote",
+                backup.key
+            ),
+            Verdict::Damaged { error } => println!(
+                "remote {remote}: {}: FAILED: {}",
+                backup.key,
+                error_chain(error)
+            ),
+        }
+    }
+
+    fn unselectable(&self, remote: &str, error: &SelectError) {
+        println!("remote {remote}: FAILED: {error}");
+    }
+}
+
 /// `btrfs2s3 verify`.
 pub fn verify(args: &VerifyArgs) -> u8 {
     let target = match target(&args.remotes, false) {
@@ -377,95 +364,32 @@ pub fn verify(args: &VerifyArgs) -> u8 {
         Ok(commands) => commands,
         Err(code) => return code,
     };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
+    let options = VerifyOptions {
+        uuid: args.uuid,
+        pipe_through,
     };
-    let progress = Progress::new(std::io::stderr().is_terminal());
-    let (mut checked, mut failed) = (0usize, 0usize);
-    let mut found_uuid = args.uuid.is_none();
-    for (id, config) in &target.remotes {
-        let (remote, catalog) = match runtime.block_on(catalog(id, config)) {
-            Ok(found) => found,
-            Err(message) => {
-                eprintln!("btrfs2s3: {message}");
-                return exit::FAILURE;
-            }
-        };
-        // Chains first: a backup whose send parent is gone cannot be restored, however
-        // intact its bytes are.
-        let broken: BTreeSet<Uuid> = catalog
-            .broken_chains()
-            .iter()
-            .map(|b| b.meta.uuid)
-            .collect();
-        let selected: Vec<&BackupState> = match args.uuid {
-            None => catalog.backups().iter().collect(),
-            Some(uuid) => match catalog.select(Selection::Uuid(uuid)) {
-                Ok(selected) => {
-                    found_uuid = true;
-                    selected
-                }
-                Err(SelectError::Unknown { .. }) => continue,
-                Err(error) => {
-                    found_uuid = true;
-                    println!("remote {id}: FAILED: {error}");
-                    failed += 1;
-                    continue;
-                }
-            },
-        };
-        for backup in catalog.broken_chains() {
-            if selected.iter().any(|s| s.meta.uuid == backup.meta.uuid) {
-                println!(
-                    "remote {id}: {}: FAILED: broken chain: send parent {} is not in the remote",
-                    backup.key,
-                    backup.meta.send_parent_uuid.unwrap_or_default()
-                );
-                failed += 1;
-            }
+    let lines = VerifyLines(Progress::new(std::io::stderr().is_terminal()));
+    crate::with_runtime(|cancel| async move {
+        match run::verify(&target, &options, &lines, &cancel).await {
+            Ok(report) => verified(&report, args.uuid),
+            Err(error) => failed(&error),
         }
-        for backup in selected {
-            let label = format!("verify {id}: {}", backup.key);
-            progress.begin(&label, true);
-            let advance = |n: u64| progress.advance(n);
-            checked += 1;
-            match runtime.block_on(restore::verify(
-                &remote,
-                &backup.key,
-                &pipe_through,
-                &advance,
-            )) {
-                Ok(size) => {
-                    progress.end(&label, &format!("ok ({})", bytes(size)), true);
-                    if !broken.contains(&backup.meta.uuid) {
-                        println!("remote {id}: {}: ok", backup.key);
-                    }
-                }
-                Err(error) => {
-                    progress.end(&label, "FAILED", true);
-                    println!(
-                        "remote {id}: {}: FAILED: {}",
-                        backup.key,
-                        error_chain(&error)
-                    );
-                    failed += 1;
-                }
-            }
-        }
-    }
-    if !found_uuid {
-        eprintln!(
-            "btrfs2s3: no remote has a backup or source with uuid {}",
-            args.uuid.unwrap_or_default()
-        );
+    })
+}
+
+fn verified(report: &run::VerifyReport, uuid: Option<Uuid>) -> u8 {
+    if let (false, Some(uuid)) = (report.found, uuid) {
+        eprintln!("btrfs2s3: no remote has a backup or source with uuid {uuid}");
         return exit::USAGE;
     }
-    if failed > 0 {
-        println!("{failed} problem(s) in {checked} backup(s) checked");
+    if report.problems > 0 {
+        println!(
+            "{} problem(s) in {} backup(s) checked",
+            report.problems, report.checked
+        );
         exit::FAILURE
     } else {
-        println!("all {checked} backup(s) verified");
+        println!("all {} backup(s) verified", report.checked);
         exit::OK
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use btrfs2s3_s3::{BackupMeta, format_ctime};
-pub use btrfs2s3_s3::{Remote, RemoteConfig};
+use btrfs2s3_s3::{Remote, RemoteConfig};
 use jiff::tz::TimeZone;
 use serde::Serialize;
 use uuid::Uuid;

@@ -13,66 +13,18 @@
 //! The next run plans the skipped and failed work again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde::ser::SerializeTuple;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::plan::{Action, Plan, SnapshotRef};
-
-/// An error of the outside world, as a message chain.
-pub type WorldError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What one upload needs, with snapshot names as they are now (after renames).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadJob<'a> {
-    /// The remote.
-    pub remote: &'a str,
-    /// The object key.
-    pub key: &'a str,
-    /// The snapshot directory.
-    pub directory: &'a Path,
-    /// The snapshot's current name and subvolume id.
-    pub snapshot: (&'a str, u64),
-    /// The send parent's current name and subvolume id.
-    pub send_parent: Option<(&'a str, u64)>,
-    /// The commands the stream goes through.
-    pub pipe_through: &'a [Vec<String>],
-}
-
-/// The outside world, as the executor sees it. The real one is
-/// [`crate::update::RealWorld`]; tests use an in-memory fake.
-#[allow(async_fn_in_trait)] // used with concrete types only, never as `dyn World`
-pub trait World {
-    /// Renames snapshot `from` (subvolume `id`) to `to` in `directory`.
-    fn rename_snapshot(
-        &mut self,
-        directory: &Path,
-        from: &str,
-        to: &str,
-        id: u64,
-    ) -> Result<(), WorldError>;
-    /// Destroys snapshot `name` (subvolume `id`) in `directory`.
-    fn destroy_snapshot(&mut self, directory: &Path, name: &str, id: u64)
-    -> Result<(), WorldError>;
-    /// Streams the snapshot into the object; returns the number of bytes stored.
-    async fn upload(
-        &mut self,
-        job: &UploadJob<'_>,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<u64, WorldError>;
-    /// Deletes objects from a remote; fails if any of them was not deleted.
-    async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError>;
-    /// Aborts a multipart upload.
-    async fn abort_upload(
-        &mut self,
-        remote: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(), WorldError>;
-}
+use crate::error_chain;
+use crate::plan::{Action, Delete, Destroy, Plan, Rename, SnapshotRef, Upload, UploadSpec};
+use crate::world::{World, WorldError};
 
 /// Hears about progress, for the user.
 pub trait Observer: Sync {
@@ -103,56 +55,173 @@ pub enum ActionResult {
         #[serde(skip_serializing_if = "Option::is_none")]
         bytes: Option<u64>,
     },
-    /// Failed, with the error and its causes.
+    /// Failed.
     Failed {
-        /// The message.
-        error: String,
+        /// Why.
+        error: ActionError,
     },
-    /// Not attempted, because something it depends on failed.
+    /// Not attempted.
     Skipped {
         /// Why.
-        reason: String,
+        reason: SkipReason,
     },
+}
+
+/// The error of a failed action: the world's error itself, shared by the clones of an
+/// outcome. Shown (and serialized) as the message with all its causes on one line.
+#[derive(Debug, Clone)]
+pub struct ActionError(Arc<WorldError>);
+
+impl ActionError {
+    /// The error, to tell kinds apart.
+    #[must_use]
+    pub fn error(&self) -> &WorldError {
+        &self.0
+    }
+}
+
+impl From<WorldError> for ActionError {
+    fn from(error: WorldError) -> ActionError {
+        ActionError(Arc::new(error))
+    }
+}
+
+impl fmt::Display for ActionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&error_chain(self.0.as_ref()))
+    }
+}
+
+impl PartialEq for ActionError {
+    fn eq(&self, other: &ActionError) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ActionError {}
+
+impl Serialize for ActionError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Why an action was not attempted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The run was interrupted before it.
+    Interrupted,
+    /// `--pretend` plans show the snapshots a run would create; only a real run creates them.
+    OnlyPlanned,
+    /// The upload's send parent was to be uploaded first, and was not.
+    SendParentNotUploaded {
+        /// The send parent's name.
+        parent: String,
+        /// The remote.
+        remote: String,
+    },
+    /// A delete waits while an upload of the same source to the same remote fails: the
+    /// backups it deletes may be the ones the failed upload was to replace.
+    UploadFailed {
+        /// The remote.
+        remote: String,
+    },
+    /// The snapshot stays for the next run, whose upload needs it.
+    NeededForRetry {
+        /// The snapshot's name.
+        snapshot: String,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Interrupted => f.write_str("interrupted"),
+            SkipReason::OnlyPlanned => {
+                f.write_str("a planned snapshot is only created by a real run")
+            }
+            SkipReason::SendParentNotUploaded { parent, remote } => write!(
+                f,
+                "its send parent {parent} was not uploaded to {remote} in this run"
+            ),
+            SkipReason::UploadFailed { remote } => write!(
+                f,
+                "an upload of this source to {remote} failed; its old backups stay until it succeeds"
+            ),
+            SkipReason::NeededForRetry { snapshot } => write!(
+                f,
+                "an upload that uses {snapshot} did not succeed; it stays for the retry"
+            ),
+        }
+    }
+}
+
+impl Serialize for SkipReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One action and how it went; serialized as `[action, result]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionOutcome {
+    /// The action.
+    pub action: Action,
+    /// How it went.
+    pub result: ActionResult,
+}
+
+impl ActionOutcome {
+    /// Whether the action was done.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        matches!(self.result, ActionResult::Done { .. })
+    }
+}
+
+impl Serialize for ActionOutcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut pair = serializer.serialize_tuple(2)?;
+        pair.serialize_element(&self.action)?;
+        pair.serialize_element(&self.result)?;
+        pair.end()
+    }
 }
 
 /// The result of every action of a plan, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
     /// Each action with its result.
-    pub results: Vec<(Action, ActionResult)>,
+    pub results: Vec<ActionOutcome>,
 }
 
 impl Outcome {
     /// Whether every action was done.
     #[must_use]
     pub fn succeeded(&self) -> bool {
-        self.results
-            .iter()
-            .all(|(_, result)| matches!(result, ActionResult::Done { .. }))
+        self.results.iter().all(ActionOutcome::is_done)
     }
 
     /// The actions that failed or were skipped, with why.
-    pub fn problems(&self) -> impl Iterator<Item = &(Action, ActionResult)> {
+    pub fn problems(&self) -> impl Iterator<Item = &ActionOutcome> {
+        self.results.iter().filter(|outcome| !outcome.is_done())
+    }
+
+    /// How many actions were done.
+    #[must_use]
+    pub fn done(&self) -> usize {
         self.results
             .iter()
-            .filter(|(_, result)| !matches!(result, ActionResult::Done { .. }))
+            .filter(|outcome| outcome.is_done())
+            .count()
     }
-}
 
-/// Renders an error and all its causes on one line.
-#[must_use]
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
+    /// Whether `wanted` holds for an action that was done.
+    pub fn any_done(&self, wanted: impl Fn(&Action) -> bool) -> bool {
+        self.results
+            .iter()
+            .any(|outcome| outcome.is_done() && wanted(&outcome.action))
     }
-    text
 }
 
 /// Runs `plan` against `world`. When `cancel` is cancelled (Ctrl-C), the action in flight
@@ -172,36 +241,27 @@ pub async fn execute<W: World>(
         failed_pairs: BTreeSet::new(),
         unfinished_needs: BTreeSet::new(),
     };
-    let mut deletes: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+    let mut deletes: BTreeMap<&str, Vec<(&Action, &Delete)>> = BTreeMap::new();
     for action in &plan.actions {
         if cancel.is_cancelled() {
-            executor.record(action, interrupted());
+            executor.record(action, skipped(SkipReason::Interrupted));
             continue;
         }
         let result = match action {
-            Action::AbortUpload {
-                remote,
-                key,
-                upload_id,
-            } => {
+            Action::AbortUpload(abort) => {
                 observer.started(action);
-                done_or_failed(
-                    executor
-                        .world
-                        .abort_upload(remote, key, upload_id)
-                        .await
-                        .map(|()| None),
-                )
+                done_or_failed(executor.world.abort_upload(abort).await.map(|()| None))
             }
-            Action::CreateSnapshot { .. } => ActionResult::Skipped {
-                reason: "a planned snapshot is only created by a real run".to_owned(),
-            },
-            Action::Rename { snapshot, to } => executor.rename(action, snapshot, to),
-            Action::Upload { .. } => executor.upload(action).await,
-            Action::Destroy { snapshot } => executor.destroy(action, snapshot),
-            Action::Delete { remote, .. } => {
+            Action::CreateSnapshot(_) => skipped(SkipReason::OnlyPlanned),
+            Action::Rename(rename) => executor.rename(action, rename).await,
+            Action::Upload(upload) => executor.upload(action, upload).await,
+            Action::Destroy(destroy) => executor.destroy(action, destroy).await,
+            Action::Delete(delete) => {
                 // Deletes are batched per remote, after everything else.
-                deletes.entry(remote).or_default().push(action);
+                deletes
+                    .entry(&delete.remote)
+                    .or_default()
+                    .push((action, delete));
                 continue;
             }
         };
@@ -209,8 +269,8 @@ pub async fn execute<W: World>(
     }
     for (remote, actions) in deletes {
         if cancel.is_cancelled() {
-            for action in actions {
-                executor.record(action, interrupted());
+            for (action, _) in actions {
+                executor.record(action, skipped(SkipReason::Interrupted));
             }
             continue;
         }
@@ -225,9 +285,9 @@ pub async fn execute<W: World>(
 struct Executor<'a, W> {
     world: &'a mut W,
     observer: &'a dyn Observer,
-    results: Vec<(Action, ActionResult)>,
-    /// Snapshot names as they are now: (directory, id) -> name.
-    names: HashMap<(PathBuf, u64), String>,
+    results: Vec<ActionOutcome>,
+    /// Snapshot names as they are now, by uuid, for the snapshots renamed so far.
+    names: HashMap<Uuid, String>,
     /// Uploads that did not happen: (remote, snapshot uuid).
     missing_uploads: BTreeSet<(String, Uuid)>,
     /// (remote, source) pairs with an upload that did not happen.
@@ -239,120 +299,104 @@ struct Executor<'a, W> {
 impl<W: World> Executor<'_, W> {
     fn record(&mut self, action: &Action, result: ActionResult) {
         self.observer.finished(action, &result);
-        self.results.push((action.clone(), result));
+        self.results.push(ActionOutcome {
+            action: action.clone(),
+            result,
+        });
     }
 
-    fn current_name(&self, snapshot: &SnapshotRef) -> String {
-        self.names
-            .get(&(snapshot.directory.clone(), snapshot.id))
-            .cloned()
-            .unwrap_or_else(|| snapshot.name.clone())
+    /// The snapshot under its name as it is now (after the renames so far).
+    fn current(&self, snapshot: &SnapshotRef) -> SnapshotRef {
+        match self.names.get(&snapshot.uuid) {
+            Some(name) => SnapshotRef {
+                name: name.clone(),
+                ..snapshot.clone()
+            },
+            None => snapshot.clone(),
+        }
     }
 
-    fn rename(&mut self, action: &Action, snapshot: &SnapshotRef, to: &str) -> ActionResult {
+    async fn rename(&mut self, action: &Action, rename: &Rename) -> ActionResult {
         self.observer.started(action);
-        let result =
-            self.world
-                .rename_snapshot(&snapshot.directory, &snapshot.name, to, snapshot.id);
+        let result = self
+            .world
+            .rename_snapshot(&rename.snapshot, &rename.to)
+            .await;
         if result.is_ok() {
-            self.names
-                .insert((snapshot.directory.clone(), snapshot.id), to.to_owned());
+            self.names.insert(rename.snapshot.uuid, rename.to.clone());
             crate::failpoint::hit("renamed");
         }
         done_or_failed(result.map(|()| None))
     }
 
-    async fn upload(&mut self, action: &Action) -> ActionResult {
-        let Action::Upload {
-            remote,
-            key,
-            source,
-            snapshot,
-            send_parent,
-            pipe_through,
-            ..
-        } = action
-        else {
-            unreachable!("upload() is called with uploads only")
-        };
-        let parent_missing = send_parent.as_ref().filter(|parent| {
+    async fn upload(&mut self, action: &Action, upload: &Upload) -> ActionResult {
+        let spec = &upload.spec;
+        let parent_missing = spec.send_parent.as_ref().filter(|parent| {
             self.missing_uploads
-                .contains(&(remote.clone(), parent.uuid))
+                .contains(&(spec.remote.clone(), parent.uuid))
         });
         let result = if let Some(parent) = parent_missing {
-            ActionResult::Skipped {
-                reason: format!(
-                    "its send parent {} was not uploaded to {remote} in this run",
-                    parent.name
-                ),
-            }
+            skipped(SkipReason::SendParentNotUploaded {
+                parent: parent.name.clone(),
+                remote: spec.remote.clone(),
+            })
         } else {
             self.observer.started(action);
-            let snapshot_name = self.current_name(snapshot);
-            let parent_name = send_parent.as_ref().map(|p| (self.current_name(p), p.id));
-            let job = UploadJob {
-                remote,
-                key,
-                directory: &snapshot.directory,
-                snapshot: (&snapshot_name, snapshot.id),
-                send_parent: parent_name.as_ref().map(|(name, id)| (name.as_str(), *id)),
-                pipe_through,
+            let current = UploadSpec {
+                snapshot: self.current(&spec.snapshot),
+                send_parent: spec.send_parent.as_ref().map(|p| self.current(p)),
+                ..spec.clone()
             };
             let observer = self.observer;
             let progress = |bytes: u64| {
                 crate::failpoint::hit("upload-progress");
                 observer.progress(bytes);
             };
-            let result = self.world.upload(&job, &progress).await;
+            let result = self.world.upload(&current, &progress).await;
             if result.is_ok() {
                 crate::failpoint::hit("uploaded");
             }
             done_or_failed(result.map(Some))
         };
         if !matches!(result, ActionResult::Done { .. }) {
-            self.missing_uploads.insert((remote.clone(), snapshot.uuid));
-            self.failed_pairs.insert((remote.clone(), source.clone()));
-            self.unfinished_needs.insert(snapshot.uuid);
+            self.missing_uploads
+                .insert((spec.remote.clone(), spec.snapshot.uuid));
+            self.failed_pairs
+                .insert((spec.remote.clone(), spec.source.clone()));
+            self.unfinished_needs.insert(spec.snapshot.uuid);
             self.unfinished_needs
-                .extend(send_parent.as_ref().map(|p| p.uuid));
+                .extend(spec.send_parent.as_ref().map(|p| p.uuid));
         }
         result
     }
 
-    fn destroy(&mut self, action: &Action, snapshot: &SnapshotRef) -> ActionResult {
+    async fn destroy(&mut self, action: &Action, destroy: &Destroy) -> ActionResult {
+        let snapshot = self.current(&destroy.snapshot);
         if self.unfinished_needs.contains(&snapshot.uuid) {
-            return ActionResult::Skipped {
-                reason: format!(
-                    "an upload that uses {} did not succeed; it stays for the retry",
-                    snapshot.name
-                ),
-            };
+            return skipped(SkipReason::NeededForRetry {
+                snapshot: snapshot.name,
+            });
         }
         self.observer.started(action);
-        let name = self.current_name(snapshot);
-        let result = self
-            .world
-            .destroy_snapshot(&snapshot.directory, &name, snapshot.id);
+        let result = self.world.destroy_snapshot(&snapshot).await;
         if result.is_ok() {
             crate::failpoint::hit("destroyed");
         }
         done_or_failed(result.map(|()| None))
     }
 
-    async fn delete(&mut self, remote: &str, actions: Vec<&Action>) {
-        let (skipped, to_delete): (Vec<&Action>, Vec<&Action>) =
-            actions.into_iter().partition(|action| {
-                matches!(action, Action::Delete { source, .. }
-                    if self.failed_pairs.contains(&(remote.to_owned(), source.clone())))
+    async fn delete(&mut self, remote: &str, actions: Vec<(&Action, &Delete)>) {
+        let (waiting, to_delete): (Vec<_>, Vec<_>) =
+            actions.into_iter().partition(|(_, delete)| {
+                self.failed_pairs
+                    .contains(&(remote.to_owned(), delete.source.clone()))
             });
-        for action in skipped {
+        for (action, _) in waiting {
             self.record(
                 action,
-                ActionResult::Skipped {
-                    reason: format!(
-                        "an upload of this source to {remote} failed; its old backups stay until it succeeds"
-                    ),
-                },
+                skipped(SkipReason::UploadFailed {
+                    remote: remote.to_owned(),
+                }),
             );
         }
         if to_delete.is_empty() {
@@ -360,12 +404,9 @@ impl<W: World> Executor<'_, W> {
         }
         let keys: Vec<Arc<str>> = to_delete
             .iter()
-            .filter_map(|action| match action {
-                Action::Delete { key, .. } => Some(key.clone()),
-                _ => None,
-            })
+            .map(|(_, delete)| delete.key.clone())
             .collect();
-        for action in &to_delete {
+        for (action, _) in &to_delete {
             self.observer.started(action);
         }
         crate::failpoint::hit("deleting");
@@ -375,23 +416,21 @@ impl<W: World> Executor<'_, W> {
                 .await
                 .map(|()| None),
         );
-        for action in to_delete {
+        for (action, _) in to_delete {
             self.record(action, result.clone());
         }
     }
 }
 
-fn interrupted() -> ActionResult {
-    ActionResult::Skipped {
-        reason: "interrupted".to_owned(),
-    }
+fn skipped(reason: SkipReason) -> ActionResult {
+    ActionResult::Skipped { reason }
 }
 
 fn done_or_failed(result: Result<Option<u64>, WorldError>) -> ActionResult {
     match result {
         Ok(bytes) => ActionResult::Done { bytes },
         Err(error) => ActionResult::Failed {
-            error: error_chain(error.as_ref()),
+            error: error.into(),
         },
     }
 }
@@ -469,7 +508,9 @@ mod tests {
             .actions
             .iter()
             .find_map(|a| match a {
-                Action::Upload { snapshot, key, .. } if snapshot.name == "m" => Some(key.clone()),
+                Action::Upload(upload) if upload.spec.snapshot.name == "m" => {
+                    Some(upload.spec.key.clone())
+                }
                 _ => None,
             })
             .unwrap();
@@ -480,19 +521,24 @@ mod tests {
             outcome
                 .results
                 .iter()
-                .find(|(action, _)| match action {
-                    Action::Upload { snapshot, .. } => snapshot.name == name,
+                .find(|outcome| match &outcome.action {
+                    Action::Upload(upload) => upload.spec.snapshot.name == name,
                     _ => false,
                 })
-                .map(|(_, result)| result.clone())
+                .map(|outcome| outcome.result.clone())
                 .unwrap()
         };
         assert!(matches!(result_of("y"), ActionResult::Done { .. }));
         assert!(matches!(result_of("m"), ActionResult::Failed { .. }));
-        let ActionResult::Skipped { reason } = result_of("home.NEW.1") else {
-            panic!("not skipped")
-        };
-        assert!(reason.contains("send parent m"), "{reason}");
+        assert_eq!(
+            result_of("home.NEW.1"),
+            ActionResult::Skipped {
+                reason: SkipReason::SendParentNotUploaded {
+                    parent: "m".to_owned(),
+                    remote: "aws".to_owned()
+                }
+            }
+        );
         // The other source is not affected.
         assert!(matches!(
             result_of("media.NEW.1"),
@@ -502,11 +548,15 @@ mod tests {
         let delete = outcome
             .results
             .iter()
-            .find(|(a, _)| matches!(a, Action::Delete { .. }))
+            .find(|outcome| matches!(outcome.action, Action::Delete(_)))
             .unwrap();
-        assert!(
-            matches!(delete.1, ActionResult::Skipped { .. }),
-            "{delete:?}"
+        assert_eq!(
+            delete.result,
+            ActionResult::Skipped {
+                reason: SkipReason::UploadFailed {
+                    remote: "aws".to_owned()
+                }
+            }
         );
         assert!(world.log.contains(&"destroy old".to_owned()));
         // The next run, without the failure, finishes the job.
@@ -523,11 +573,11 @@ mod tests {
         let (_, outcome) = run(&mut world);
         let failed: Vec<_> = outcome
             .problems()
-            .map(|(action, _)| action.clone())
+            .map(|outcome| outcome.action.clone())
             .collect();
         // The rename fails, and so does the upload of that snapshot (the fake refuses to touch
         // it); the yearly and monthly uploads and the cleanup still happen.
-        assert!(failed.iter().any(|a| matches!(a, Action::Rename { .. })));
+        assert!(failed.iter().any(|a| matches!(a, Action::Rename(_))));
         let uploads: Vec<&String> = world
             .log
             .iter()
@@ -557,10 +607,11 @@ mod tests {
         let parent_destroyed = plan
             .actions
             .iter()
-            .any(|a| matches!(a, Action::Destroy { snapshot } if snapshot.id == 1));
-        let uploads_against_it = plan.actions.iter().any(
-            |a| matches!(a, Action::Upload { send_parent: Some(parent), .. } if parent.id == 1),
-        );
+            .any(|a| matches!(a, Action::Destroy(destroy) if destroy.snapshot.id == Some(1)));
+        let uploads_against_it = plan.actions.iter().any(|a| {
+            matches!(a, Action::Upload(upload)
+                if upload.spec.send_parent.as_ref().is_some_and(|parent| parent.id == Some(1)))
+        });
         assert!(parent_destroyed && uploads_against_it, "{:?}", plan.actions);
 
         // The upload fails: the parent stays for the retry.
@@ -568,7 +619,7 @@ mod tests {
         failing
             .failing_keys
             .extend(plan.actions.iter().filter_map(|a| match a {
-                Action::Upload { key, .. } => Some(key.to_string()),
+                Action::Upload(upload) => Some(upload.spec.key.to_string()),
                 _ => None,
             }));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -580,14 +631,15 @@ mod tests {
             &Silent,
             &CancellationToken::new(),
         ));
-        let (_, result) = outcome
+        let destroy = outcome
             .results
             .iter()
-            .find(|(a, _)| matches!(a, Action::Destroy { .. }))
+            .find(|outcome| matches!(outcome.action, Action::Destroy(_)))
             .unwrap();
         assert!(
-            matches!(result, ActionResult::Skipped { reason } if reason.contains("retry")),
-            "{result:?}"
+            matches!(&destroy.result, ActionResult::Skipped { reason: SkipReason::NeededForRetry { snapshot } }
+                if snapshot == "home.2026-01-02T00:00:00+00:00.100"),
+            "{destroy:?}"
         );
         assert!(!failing.log.iter().any(|l| l.starts_with("destroy")));
 

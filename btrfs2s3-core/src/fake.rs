@@ -4,7 +4,7 @@
 //! and real S3 servers.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use btrfs2s3_s3::BackupMeta;
@@ -12,10 +12,12 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use uuid::Uuid;
 
-use crate::execute::{UploadJob, World, WorldError};
+use crate::cancel::Cancel;
 use crate::plan::{
-    Assessment, BackupState, Origin, RemoteState, SnapshotState, SourceState, UploadTarget,
+    AbortUpload, Assessment, BackupState, Origin, RemoteState, SnapshotRef, SnapshotState,
+    SourceState, UploadSpec, UploadTarget,
 };
+use crate::world::{World, WorldError};
 
 /// A source of the fake world.
 #[derive(Debug, Clone)]
@@ -41,12 +43,16 @@ pub struct FakeWorld {
     pub pending_uploads: BTreeSet<(String, String, String)>,
     /// Uploads to these keys fail.
     pub failing_keys: BTreeSet<String>,
+    /// Uploads to these remotes fail.
+    pub failing_remotes: BTreeSet<String>,
     /// Snapshot operations fail on these names.
     pub failing_snapshots: BTreeSet<String>,
     /// Every operation, in order.
     pub log: Vec<String>,
     /// When set, this many more operations succeed, then every one fails (a crash).
     pub crash_after: Option<usize>,
+    /// When set, this many more operations succeed, then the run is cancelled (a signal).
+    pub interrupt_after: Option<(usize, Cancel)>,
     /// Each source's current ctransid (it grows as the source changes).
     pub source_ctransid: Vec<u64>,
     /// The next subvolume id.
@@ -63,18 +69,28 @@ impl FakeWorld {
             objects: BTreeMap::new(),
             pending_uploads: BTreeSet::new(),
             failing_keys: BTreeSet::new(),
+            failing_remotes: BTreeSet::new(),
             failing_snapshots: BTreeSet::new(),
             log: Vec::new(),
             crash_after: None,
+            interrupt_after: None,
             source_ctransid: Vec::new(),
             next_id: 1000,
         }
     }
 
-    /// One more operation: fails once the crash budget is spent.
+    /// One more operation: fails once the crash budget is spent; cancels the run once the
+    /// interruption budget is.
     fn operate(&mut self) -> Result<(), WorldError> {
+        if let Some((left, cancel)) = &mut self.interrupt_after {
+            if *left == 0 {
+                cancel.cancel("SIGTERM");
+            } else {
+                *left -= 1;
+            }
+        }
         match &mut self.crash_after {
-            Some(0) => Err("crashed".into()),
+            Some(0) => Err(injected("crashed")),
             Some(left) => {
                 *left -= 1;
                 Ok(())
@@ -86,48 +102,6 @@ impl FakeWorld {
     /// The source changed.
     pub fn touch(&mut self, source: usize) {
         self.source_ctransid[source] += 7;
-    }
-
-    /// What `assess` does before planning: snapshot each source that changed since its
-    /// newest snapshot. Returns how many snapshots it took.
-    pub fn take_snapshots(&mut self) -> usize {
-        for snapshots in self.snapshots.values_mut() {
-            for snapshot in snapshots.values_mut() {
-                snapshot.origin = Origin::Existing;
-            }
-        }
-        let mut taken = 0;
-        for source in 0..self.sources.len() {
-            let low = self.sources[source].uuid.as_u128() & 0xffff;
-            let newest = self
-                .snapshots
-                .get(&self.sources[source].directory)
-                .and_then(|snapshots| {
-                    snapshots
-                        .values()
-                        .filter(|s| s.uuid.as_u128() & 0xffff == low)
-                        .map(|s| s.ctransid)
-                        .max()
-                });
-            if newest.is_some_and(|newest| newest >= self.source_ctransid[source]) {
-                continue;
-            }
-            self.next_id += 1;
-            let id = self.next_id;
-            let name = format!("{}.NEW.{id}", self.sources[source].name);
-            let now = self.now.to_string();
-            let ctransid = self.source_ctransid[source];
-            self.add_snapshot(source, &name, id, &now, ctransid);
-            if let Some(snapshot) = self
-                .snapshots
-                .get_mut(&self.sources[source].directory)
-                .and_then(|s| s.get_mut(&id))
-            {
-                snapshot.origin = Origin::Created;
-            }
-            taken += 1;
-        }
-        taken
     }
 
     /// Adds a source `name` in `/pool`, snapshotted into `/pool/.snapshots`, backed up to
@@ -163,7 +137,7 @@ impl FakeWorld {
             id,
             SnapshotState {
                 name: name.to_owned(),
-                id,
+                id: Some(id),
                 uuid,
                 ctime: ctime.parse().expect("an RFC 3339 instant"),
                 ctransid,
@@ -215,10 +189,13 @@ impl FakeWorld {
         let sources = self
             .sources
             .iter()
-            .map(|source| SourceState {
+            .zip(&self.source_ctransid)
+            .map(|(source, ctransid)| SourceState {
                 path: source.path.clone(),
                 name: source.name.clone(),
                 uuid: source.uuid,
+                ctransid: *ctransid,
+                ctime: self.now,
                 snapshot_dir: source.directory.clone(),
                 snapshots: self
                     .snapshots
@@ -278,90 +255,121 @@ impl FakeWorld {
         }
     }
 
-    fn snapshot_mut(
-        &mut self,
-        directory: &Path,
-        name: &str,
-        id: u64,
-    ) -> Result<&mut SnapshotState, WorldError> {
+    /// The snapshot `snapshot` refers to, if it is still there under that name.
+    fn snapshot_mut(&mut self, snapshot: &SnapshotRef) -> Result<&mut SnapshotState, WorldError> {
+        let name = &snapshot.name;
         if self.failing_snapshots.contains(name) {
-            return Err(format!("injected failure on {name}").into());
+            return Err(injected(&format!("injected failure on {name}")));
         }
+        let id = snapshot
+            .id
+            .ok_or_else(|| WorldError::OnlyPlanned { name: name.clone() })?;
         self.snapshots
-            .get_mut(directory)
+            .get_mut(&snapshot.directory)
             .and_then(|snapshots| snapshots.get_mut(&id))
-            .filter(|snapshot| snapshot.name == name)
-            .ok_or_else(|| format!("no snapshot {name} ({id}) in {}", directory.display()).into())
+            .filter(|found| found.name == *name)
+            .ok_or_else(|| {
+                injected(&format!(
+                    "no snapshot {name} ({id}) in {}",
+                    snapshot.directory.display()
+                ))
+            })
+    }
+}
+
+fn injected(message: &str) -> WorldError {
+    WorldError::Injected {
+        message: message.to_owned(),
     }
 }
 
 impl World for FakeWorld {
-    fn rename_snapshot(
+    async fn create_snapshot(
         &mut self,
-        directory: &Path,
-        from: &str,
+        source: &SourceState,
+        name: &str,
+    ) -> Result<SnapshotState, WorldError> {
+        self.operate()?;
+        let index = self
+            .sources
+            .iter()
+            .position(|fake| fake.path == source.path)
+            .ok_or_else(|| injected("no such source"))?;
+        self.next_id += 1;
+        let id = self.next_id;
+        let now = self.now.to_string();
+        self.add_snapshot(index, name, id, &now, self.source_ctransid[index]);
+        self.log.push(format!("create {name}"));
+        let mut created = self.snapshots[&source.snapshot_dir][&id].clone();
+        created.origin = Origin::Created;
+        Ok(created)
+    }
+
+    async fn rename_snapshot(
+        &mut self,
+        snapshot: &SnapshotRef,
         to: &str,
-        id: u64,
     ) -> Result<(), WorldError> {
         self.operate()?;
-        self.snapshot_mut(directory, from, id)?.name = to.to_owned();
-        self.log.push(format!("rename {from} {to}"));
+        self.snapshot_mut(snapshot)?.name = to.to_owned();
+        self.log.push(format!("rename {} {to}", snapshot.name));
         Ok(())
     }
 
-    fn destroy_snapshot(
-        &mut self,
-        directory: &Path,
-        name: &str,
-        id: u64,
-    ) -> Result<(), WorldError> {
+    async fn destroy_snapshot(&mut self, snapshot: &SnapshotRef) -> Result<(), WorldError> {
         self.operate()?;
-        self.snapshot_mut(directory, name, id)?;
-        if let Some(snapshots) = self.snapshots.get_mut(directory) {
+        let id = self.snapshot_mut(snapshot)?.id;
+        if let (Some(snapshots), Some(id)) = (self.snapshots.get_mut(&snapshot.directory), id) {
             snapshots.remove(&id);
         }
-        self.log.push(format!("destroy {name}"));
+        self.log.push(format!("destroy {}", snapshot.name));
         Ok(())
     }
 
     async fn upload(
         &mut self,
-        job: &UploadJob<'_>,
+        upload: &UploadSpec,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, WorldError> {
         self.operate()?;
-        self.snapshot_mut(job.directory, job.snapshot.0, job.snapshot.1)?;
-        if let Some((name, id)) = job.send_parent {
-            self.snapshot_mut(job.directory, name, id)?;
+        self.snapshot_mut(&upload.snapshot)?;
+        if let Some(parent) = &upload.send_parent {
+            self.snapshot_mut(parent)?;
         }
-        if self.failing_keys.contains(job.key) {
-            return Err(format!("injected failure uploading {}", job.key).into());
+        if self.failing_keys.contains(&*upload.key) || self.failing_remotes.contains(&upload.remote)
+        {
+            return Err(injected(&format!(
+                "injected failure uploading {}",
+                upload.key
+            )));
         }
         progress(100);
         self.objects
-            .entry(job.remote.to_owned())
+            .entry(upload.remote.clone())
             .or_default()
-            .insert(job.key.to_owned(), 100);
+            .insert(upload.key.to_string(), 100);
         self.log
-            .push(format!("upload {} {}", job.remote, job.snapshot.0));
+            .push(format!("upload {} {}", upload.remote, upload.snapshot.name));
         Ok(100)
     }
 
-    async fn abort_upload(
-        &mut self,
-        remote: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(), WorldError> {
+    async fn abort_upload(&mut self, upload: &AbortUpload) -> Result<(), WorldError> {
         self.operate()?;
+        let AbortUpload {
+            remote,
+            key,
+            upload_id,
+        } = upload;
         if self
             .pending_uploads
-            .remove(&(remote.to_owned(), key.to_owned(), upload_id.to_owned()))
+            .remove(&(remote.clone(), key.clone(), upload_id.clone()))
         {
             self.log.push(format!("abort {remote} {key}"));
             Ok(())
         } else {
-            Err(format!("no upload {upload_id} of {key} in {remote}").into())
+            Err(injected(&format!(
+                "no upload {upload_id} of {key} in {remote}"
+            )))
         }
     }
 
@@ -370,7 +378,7 @@ impl World for FakeWorld {
         let objects = self.objects.entry(remote.to_owned()).or_default();
         for key in keys {
             if objects.remove(&**key).is_none() {
-                return Err(format!("no object {key} in {remote}").into());
+                return Err(injected(&format!("no object {key} in {remote}")));
             }
             self.log.push(format!("delete {remote} {key}"));
         }

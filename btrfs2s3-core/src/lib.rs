@@ -1,13 +1,14 @@
-//! btrfs2s3's configuration, planner and executor.
+//! btrfs2s3's configuration, planner and executor, and every command as one call.
 //!
-//! `update` is assess, then plan, then execute:
-//! - [`update::assess`] gathers the state (IO): sources, snapshots, bucket listings, and
-//!   creates the snapshots of sources that changed;
-//! - [`plan::plan`] turns it into a [`plan::Plan`] (pure);
-//! - [`execute::execute`] runs the plan through a [`execute::World`].
+//! A run ([`run::update()`]) is assess, then plan, then execute:
+//! - [`real::RealWorld::open`] gathers the state (IO): sources, snapshots, bucket listings;
+//! - [`run::cycle`] snapshots the sources that changed, through the [`world::World`];
+//! - [`plan::plan`] turns the state into a [`plan::Plan`] (pure);
+//! - [`execute::execute`] runs the plan through the [`world::World`].
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod cancel;
 pub mod catalog;
 pub mod config;
 pub mod execute;
@@ -17,8 +18,27 @@ mod fake;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;
+pub mod real;
 pub mod restore;
+pub mod run;
 #[cfg(test)]
 mod safety;
 pub mod tree;
-pub mod update;
+pub mod world;
+
+/// Renders an error and all its causes on one line, leaving out a cause whose text the
+/// message already contains.
+#[must_use]
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
+use tokio_util::sync::CancellationToken;
 
 /// A held lock; released on drop.
 #[derive(Debug)]
@@ -46,6 +47,11 @@ impl Drop for Lock {
 /// Why a lock was not taken.
 #[derive(Debug)]
 pub enum LockError {
+    /// The wait for it was interrupted (a signal).
+    Interrupted {
+        /// What is locked.
+        path: PathBuf,
+    },
     /// Another run holds it.
     Held {
         /// What is locked.
@@ -87,11 +93,24 @@ impl std::fmt::Display for LockError {
                 }
             }
             LockError::Io { path, source } => write!(f, "cannot lock {}: {source}", path.display()),
+            LockError::Interrupted { path } => write!(
+                f,
+                "interrupted while waiting for the lock on {}",
+                path.display()
+            ),
         }
     }
 }
 
 impl std::error::Error for LockError {}
+
+impl LockError {
+    /// Whether another run holds the lock (as opposed to an error or an interruption).
+    #[must_use]
+    pub fn is_held(&self) -> bool {
+        matches!(self, LockError::Held { .. })
+    }
+}
 
 /// Where our lock and pid files go: `/run/lock` if it is writable, else `fallback`.
 fn lock_dir(fallback: &Path) -> PathBuf {
@@ -129,13 +148,25 @@ pub fn lock_path(config: &Path) -> PathBuf {
     ))
 }
 
-/// Tries `flock` until it succeeds or `wait` is over.
-fn flock(file: File, path: &Path, wait: Duration) -> Result<Flock<File>, (File, LockError)> {
+/// Tries `flock` until it succeeds, `wait` is over or `cancel` is cancelled. Blocks: call it
+/// on a blocking thread.
+fn flock(
+    file: File,
+    path: &Path,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<Flock<File>, (File, LockError)> {
     let started = Instant::now();
     let mut file = file;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(lock),
+            Err((returned, nix::Error::EWOULDBLOCK)) if cancel.is_cancelled() => {
+                let error = LockError::Interrupted {
+                    path: path.to_path_buf(),
+                };
+                return Err((returned, error));
+            }
             Err((returned, nix::Error::EWOULDBLOCK)) if started.elapsed() < wait => {
                 file = returned;
                 std::thread::sleep(Duration::from_millis(100).min(wait));
@@ -165,8 +196,45 @@ fn read_pid(file: &mut impl Read) -> Option<u32> {
     text.trim().parse().ok()
 }
 
-/// Takes the lock for `config`, waiting up to `wait` for another run to finish.
+/// Runs a blocking lock attempt on a blocking thread, so that a wait of minutes neither
+/// stalls the runtime nor ignores a signal (`cancel` ends it).
+async fn off_the_runtime(
+    path: &Path,
+    attempt: impl FnOnce() -> Result<Lock, LockError> + Send + 'static,
+) -> Result<Lock, LockError> {
+    tokio::task::spawn_blocking(attempt)
+        .await
+        .map_err(|error| LockError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(error),
+        })?
+}
+
+/// Takes the lock for `config`, waiting up to `wait` for another run to finish, unless
+/// `cancel` ends the wait.
+pub async fn lock_async(
+    config: &Path,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<Lock, LockError> {
+    let (config, cancel) = (config.to_path_buf(), cancel.clone());
+    off_the_runtime(&config.clone(), move || {
+        lock_blocking(&config, wait, &cancel)
+    })
+    .await
+}
+
+/// Takes the lock for `config`, waiting up to `wait` for another run to finish. Blocks the
+/// calling thread; a run uses [`lock_async`].
 pub fn lock(config: &Path, wait: Duration) -> Result<Lock, LockError> {
+    lock_blocking(config, wait, &CancellationToken::new())
+}
+
+fn lock_blocking(
+    config: &Path,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<Lock, LockError> {
     let path = lock_path(config);
     let io = |source| LockError::Io {
         path: path.clone(),
@@ -179,7 +247,7 @@ pub fn lock(config: &Path, wait: Duration) -> Result<Lock, LockError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    match flock(file, &path, wait) {
+    match flock(file, &path, wait, cancel) {
         Ok(mut lock) => {
             lock.set_len(0).map_err(io)?;
             lock.rewind().map_err(io)?;
@@ -199,8 +267,31 @@ pub fn lock(config: &Path, wait: Duration) -> Result<Lock, LockError> {
     }
 }
 
-/// Locks the snapshot directory `dir` itself, waiting up to `wait`.
+/// Locks the snapshot directory `dir` itself, waiting up to `wait`. Blocks the calling
+/// thread; a run uses [`lock_directory_async`].
 pub fn lock_directory(dir: &Path, wait: Duration) -> Result<Lock, LockError> {
+    lock_directory_blocking(dir, wait, &CancellationToken::new())
+}
+
+/// Locks the snapshot directory `dir` itself, waiting up to `wait` unless `cancel` ends the
+/// wait.
+pub async fn lock_directory_async(
+    dir: &Path,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<Lock, LockError> {
+    let (dir, cancel) = (dir.to_path_buf(), cancel.clone());
+    off_the_runtime(&dir.clone(), move || {
+        lock_directory_blocking(&dir, wait, &cancel)
+    })
+    .await
+}
+
+fn lock_directory_blocking(
+    dir: &Path,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<Lock, LockError> {
     let io = |source| LockError::Io {
         path: dir.to_path_buf(),
         source,
@@ -209,7 +300,7 @@ pub fn lock_directory(dir: &Path, wait: Duration) -> Result<Lock, LockError> {
     let file = File::open(&absolute).map_err(io)?;
     let pid_file = lock_dir(&std::env::temp_dir())
         .join(format!("btrfs2s3-dir-{:016x}.pid", path_hash(&absolute)));
-    match flock(file, dir, wait) {
+    match flock(file, dir, wait, cancel) {
         Ok(lock) => {
             // Best effort: the pid is only for the message of a run that finds the lock held.
             let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
@@ -234,23 +325,35 @@ pub fn lock_directory(dir: &Path, wait: Duration) -> Result<Lock, LockError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_held_lock_names_its_holder_and_can_be_waited_for() {
-        let dir = std::env::temp_dir().join(format!("btrfs2s3-lock-test-{}", std::process::id()));
+    fn scratch(name: &str) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("btrfs2s3-lock-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.yaml");
         std::fs::write(&config, "x").unwrap();
+        (dir, config)
+    }
 
-        let held = lock(&config, Duration::ZERO).unwrap();
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_held_lock_names_its_holder_and_can_be_waited_for() {
+        let (dir, config) = scratch("held");
+        let never = CancellationToken::new();
+
+        let held = lock_async(&config, Duration::ZERO, &never).await.unwrap();
         // flock locks belong to open files: a second open in the same process conflicts.
-        let error = lock(&config, Duration::ZERO).unwrap_err();
+        let error = lock_async(&config, Duration::ZERO, &never)
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, LockError::Held { holder: Some(pid), .. } if pid == std::process::id()),
             "{error}"
         );
+        assert!(error.is_held());
         assert!(error.to_string().contains("--wait"), "{error}");
         let started = Instant::now();
-        let error = lock(&config, Duration::from_millis(300)).unwrap_err();
+        let error = lock_async(&config, Duration::from_millis(300), &never)
+            .await
+            .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(error.to_string().contains("waited"), "{error}");
 
@@ -259,17 +362,58 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
             drop(held);
         });
-        lock(&config, Duration::from_secs(10)).unwrap();
+        lock_async(&config, Duration::from_secs(10), &never)
+            .await
+            .unwrap();
         releaser.join().unwrap();
 
-        let held = lock_directory(&dir, Duration::ZERO).unwrap();
-        let error = lock_directory(&dir, Duration::ZERO).unwrap_err();
+        let held = lock_directory_async(&dir, Duration::ZERO, &never)
+            .await
+            .unwrap();
+        let error = lock_directory_async(&dir, Duration::ZERO, &never)
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, LockError::Held { holder: Some(pid), .. } if pid == std::process::id()),
             "{error}"
         );
         drop(held);
-        lock_directory(&dir, Duration::ZERO).unwrap();
+        lock_directory_async(&dir, Duration::ZERO, &never)
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_signal_ends_a_long_wait() {
+        let (dir, config) = scratch("cancel");
+        let never = CancellationToken::new();
+        let _held = lock_async(&config, Duration::ZERO, &never).await.unwrap();
+        let _held_dir = lock_directory_async(&dir, Duration::ZERO, &never)
+            .await
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            canceller.cancel();
+        });
+        let started = Instant::now();
+        let error = lock_async(&config, Duration::from_secs(3600), &cancel)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(error, LockError::Interrupted { .. }), "{error}");
+        assert!(!error.is_held());
+        let error = lock_directory_async(&dir, Duration::from_secs(3600), &cancel)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("interrupted while waiting for the lock on"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

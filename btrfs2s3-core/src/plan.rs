@@ -11,13 +11,15 @@ use std::sync::Arc;
 use btrfs2s3_policy::{
     BackupItem, BrokenChain, Flags, Item, Keep, Params, Policy, Reasons, resolve,
 };
-use btrfs2s3_s3::{BackupMeta, ListedBackup, format_ctime};
+use btrfs2s3_s3::{BackupMeta, ListedBackup, UploadOptions, format_ctime};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
+use snafu::Snafu;
 use uuid::Uuid;
 
-/// Everything the planner needs to know, gathered by [`crate::update::assess`].
+/// Everything the planner needs to know, gathered by [`crate::real::RealWorld::open`] (and
+/// the new snapshots of [`crate::run::cycle`]).
 #[derive(Debug, Clone)]
 pub struct Assessment {
     /// The configured time zone.
@@ -41,6 +43,11 @@ pub struct SourceState {
     pub name: String,
     /// Its uuid: its snapshots' parent uuid.
     pub uuid: Uuid,
+    /// The transaction of its last change: it gets a new snapshot when this is newer than
+    /// its newest snapshot's.
+    pub ctransid: u64,
+    /// When it last changed (what a new snapshot's ctime would be).
+    pub ctime: Timestamp,
     /// The directory of its snapshots.
     pub snapshot_dir: PathBuf,
     /// Its read-only snapshots in that directory.
@@ -54,8 +61,8 @@ pub struct SourceState {
 pub struct SnapshotState {
     /// Its current name in the snapshot directory.
     pub name: String,
-    /// Its subvolume id (0 for a snapshot that is only planned).
-    pub id: u64,
+    /// Its subvolume id; `None` for a snapshot that is only planned (`--pretend`).
+    pub id: Option<u64>,
     /// Its uuid.
     pub uuid: Uuid,
     /// When its data last changed.
@@ -188,8 +195,8 @@ pub struct PlannedSnapshot {
     pub name: String,
     /// The name it gets when kept.
     pub target_name: String,
-    /// Its subvolume id.
-    pub id: u64,
+    /// Its subvolume id; `None` for a snapshot that is only planned.
+    pub id: Option<u64>,
     /// Its uuid.
     pub uuid: Uuid,
     /// Its ctime, ISO 8601 in the configured time zone.
@@ -236,9 +243,97 @@ pub struct SnapshotRef {
     pub directory: PathBuf,
     /// Its name when the plan was made.
     pub name: String,
-    /// Its subvolume id (checked before anything is done to it).
-    pub id: u64,
+    /// Its subvolume id (checked before anything is done to it); `None` for a snapshot that
+    /// is only planned, which no action can touch.
+    pub id: Option<u64>,
     /// Its uuid.
+    pub uuid: Uuid,
+}
+
+/// One upload: what is sent, against what, through which commands, to which object. The
+/// plan shows it, the executor runs it and the world performs it; the object's own options
+/// (storage class, lock) are the s3 crate's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UploadSpec {
+    /// The remote.
+    pub remote: String,
+    /// The object key.
+    pub key: Arc<str>,
+    /// The source.
+    pub source: PathBuf,
+    /// The snapshot to send.
+    pub snapshot: SnapshotRef,
+    /// The snapshot to send against; `None` for a full backup.
+    pub send_parent: Option<SnapshotRef>,
+    /// The commands the stream goes through.
+    pub pipe_through: Vec<Vec<String>>,
+    /// How the object is stored.
+    #[serde(skip_serializing_if = "is_default")]
+    pub options: UploadOptions,
+}
+
+fn is_default(options: &UploadOptions) -> bool {
+    *options == UploadOptions::default()
+}
+
+/// Abort a multipart upload a crashed run of ours left behind (its parts cost storage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AbortUpload {
+    /// The remote.
+    pub remote: String,
+    /// The key it would have created.
+    pub key: String,
+    /// Its id.
+    pub upload_id: String,
+}
+
+/// `--pretend` only: the snapshot this run would create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreateSnapshot {
+    /// The source.
+    pub source: PathBuf,
+    /// Where.
+    pub directory: PathBuf,
+    /// Its temporary name.
+    pub name: String,
+}
+
+/// Give a kept snapshot its canonical name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rename {
+    /// The snapshot.
+    pub snapshot: SnapshotRef,
+    /// The new name.
+    pub to: String,
+}
+
+/// Send a snapshot (against its send parent) through the pipeline into an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Upload {
+    /// What is uploaded where.
+    #[serde(flatten)]
+    pub spec: UploadSpec,
+    /// Why it is uploaded.
+    pub keep: KeepSummary,
+}
+
+/// Destroy a snapshot no remote keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Destroy {
+    /// The snapshot.
+    pub snapshot: SnapshotRef,
+}
+
+/// Delete a backup the policy no longer keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delete {
+    /// The remote.
+    pub remote: String,
+    /// The object key.
+    pub key: Arc<str>,
+    /// The source it is a backup of.
+    pub source: PathBuf,
+    /// Its snapshot's uuid.
     pub uuid: Uuid,
 }
 
@@ -246,65 +341,19 @@ pub struct SnapshotRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    /// Abort a multipart upload a crashed run of ours left behind (its parts cost storage).
-    AbortUpload {
-        /// The remote.
-        remote: String,
-        /// The key it would have created.
-        key: String,
-        /// Its id.
-        upload_id: String,
-    },
-    /// `--pretend` only: the snapshot this run would create.
-    CreateSnapshot {
-        /// The source.
-        source: PathBuf,
-        /// Where.
-        directory: PathBuf,
-        /// Its temporary name.
-        name: String,
-    },
+    /// Abort a multipart upload left behind.
+    AbortUpload(AbortUpload),
+    /// `--pretend` only: a snapshot this run would create.
+    CreateSnapshot(CreateSnapshot),
     /// Give a kept snapshot its canonical name.
-    Rename {
-        /// The snapshot.
-        snapshot: SnapshotRef,
-        /// The new name.
-        to: String,
-    },
-    /// Send a snapshot (against its send parent) through the pipeline into an object.
-    Upload {
-        /// The remote.
-        remote: String,
-        /// The object key.
-        key: Arc<str>,
-        /// The source.
-        source: PathBuf,
-        /// The snapshot to send. (Boxed, like the other large fields: a plan can hold a
-        /// hundred thousand deletes, and every action is as large as the largest variant.)
-        snapshot: Box<SnapshotRef>,
-        /// The snapshot to send against; `None` for a full backup.
-        send_parent: Option<Box<SnapshotRef>>,
-        /// The commands the stream goes through.
-        pipe_through: Vec<Vec<String>>,
-        /// Why it is uploaded.
-        keep: Box<KeepSummary>,
-    },
-    /// Destroy a snapshot no remote keeps.
-    Destroy {
-        /// The snapshot.
-        snapshot: SnapshotRef,
-    },
-    /// Delete a backup the policy no longer keeps.
-    Delete {
-        /// The remote.
-        remote: String,
-        /// The object key.
-        key: Arc<str>,
-        /// The source it is a backup of.
-        source: PathBuf,
-        /// Its snapshot's uuid.
-        uuid: Uuid,
-    },
+    Rename(Rename),
+    /// Upload a new backup. (Boxed: a plan can hold a hundred thousand deletes, and every
+    /// action is as large as the largest variant.)
+    Upload(Box<Upload>),
+    /// Destroy a snapshot.
+    Destroy(Destroy),
+    /// Delete a backup.
+    Delete(Delete),
 }
 
 /// A broken chain found in one remote.
@@ -337,6 +386,19 @@ pub struct Plan {
     pub actions: Vec<Action>,
 }
 
+impl PlannedSnapshot {
+    /// The snapshot under its current name, as actions refer to it.
+    #[must_use]
+    pub fn current(&self) -> SnapshotRef {
+        SnapshotRef {
+            directory: self.directory.clone(),
+            name: self.name.clone(),
+            id: self.id,
+            uuid: self.uuid,
+        }
+    }
+}
+
 impl Plan {
     /// Whether executing the plan changes anything (a `--pretend` snapshot creation does not
     /// count: it is shown, not done).
@@ -344,7 +406,7 @@ impl Plan {
     pub fn has_work(&self) -> bool {
         self.actions
             .iter()
-            .any(|action| !matches!(action, Action::CreateSnapshot { .. }))
+            .any(|action| !matches!(action, Action::CreateSnapshot(_)))
     }
 
     /// The snapshots this run created.
@@ -356,16 +418,51 @@ impl Plan {
 }
 
 /// A planner invariant did not hold; the plan is refused rather than risk the backups.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanError(pub String);
-
-impl std::fmt::Display for PlanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "internal error while planning: {}", self.0)
-    }
+#[derive(Debug, Clone, PartialEq, Eq, Snafu)]
+#[snafu(display("internal error while planning: {what}"))]
+pub struct PlanError {
+    /// Which invariant.
+    pub what: Broken,
 }
 
-impl std::error::Error for PlanError {}
+/// The invariants the planner checks.
+#[derive(Debug, Clone, PartialEq, Eq, Snafu)]
+pub enum Broken {
+    /// A source uploads to a remote that was not assessed.
+    #[snafu(display("remote {remote} was not assessed"))]
+    RemoteNotAssessed {
+        /// The remote.
+        remote: String,
+    },
+    /// The resolver planned an existing backup as new.
+    #[snafu(display("backup {key} exists but was planned as new"))]
+    ExistingPlannedAsNew {
+        /// Its key.
+        key: Arc<str>,
+    },
+    /// The resolver planned a backup of a snapshot that does not exist.
+    #[snafu(display("new backup of {uuid} has no snapshot"))]
+    NoSnapshot {
+        /// The snapshot's uuid.
+        uuid: Uuid,
+    },
+    /// The plan would delete a backup that a kept backup needs.
+    #[snafu(display(
+        "backup {key} in {remote} is needed by a kept backup but planned to be deleted"
+    ))]
+    NeededBackupDeleted {
+        /// The remote.
+        remote: String,
+        /// The backup's key.
+        key: Arc<str>,
+    },
+}
+
+impl From<Broken> for PlanError {
+    fn from(what: Broken) -> PlanError {
+        PlanError { what }
+    }
+}
 
 impl Item for SnapshotState {
     fn uuid(&self) -> Uuid {
@@ -469,7 +566,9 @@ pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
                 .remotes
                 .iter()
                 .find(|remote| remote.id == target.remote)
-                .ok_or_else(|| PlanError(format!("remote {} was not assessed", target.remote)))?;
+                .ok_or_else(|| Broken::RemoteNotAssessed {
+                    remote: target.remote.clone(),
+                })?;
             builder.plan_pair(source, target, remote, &mut kept_snapshots)?;
         }
         builder.plan_snapshots(source, &mut kept_snapshots);
@@ -512,11 +611,11 @@ impl Builder<'_> {
         for pending in &remote.pending_uploads {
             if BackupMeta::parse_key(&pending.key).is_ok_and(|meta| meta.parent_uuid == source.uuid)
             {
-                self.aborts.push(Action::AbortUpload {
+                self.aborts.push(Action::AbortUpload(AbortUpload {
                     remote: remote.id.clone(),
                     key: pending.key.clone(),
                     upload_id: pending.upload_id.clone(),
-                });
+                }));
             }
         }
         let policy = Policy::new(target.preserve, self.tz.clone(), self.now);
@@ -546,19 +645,19 @@ impl Builder<'_> {
         for backup in &existing {
             let keep = resolution.backups.get(&backup.meta.uuid);
             if keep.is_some_and(btrfs2s3_policy::KeepBackup::is_new) {
-                return Err(PlanError(format!(
-                    "backup {} exists but was planned as new",
-                    backup.key
-                )));
+                return Err(Broken::ExistingPlannedAsNew {
+                    key: backup.key.clone(),
+                }
+                .into());
             }
             let summary = keep.map(|kept| KeepSummary::new(&kept.keep, self.tz));
             if summary.is_none() {
-                self.deletes.push(Action::Delete {
+                self.deletes.push(Action::Delete(Delete {
                     remote: remote.id.clone(),
                     key: backup.key.clone(),
                     source: source.path.clone(),
                     uuid: backup.meta.uuid,
-                });
+                }));
             }
             self.backups.push(PlannedBackup {
                 remote: remote.id.clone(),
@@ -584,7 +683,7 @@ impl Builder<'_> {
                     .snapshots
                     .iter()
                     .find(|snapshot| snapshot.uuid == uuid)
-                    .ok_or_else(|| PlanError(format!("new backup of {uuid} has no snapshot")))
+                    .ok_or(Broken::NoSnapshot { uuid })
             };
             let snapshot = find(*uuid)?;
             let send_parent = kept.send_parent.map(find).transpose()?;
@@ -631,15 +730,18 @@ impl Builder<'_> {
             new: true,
             keep: Some(summary.clone()),
         });
-        Action::Upload {
-            remote: remote.id.clone(),
-            key,
-            source: source.path.clone(),
-            snapshot: Box::new(snapshot_ref(source, snapshot)),
-            send_parent: send_parent.map(|parent| Box::new(snapshot_ref(source, parent))),
-            pipe_through: target.pipe_through.clone(),
-            keep: Box::new(summary),
-        }
+        Action::Upload(Box::new(Upload {
+            spec: UploadSpec {
+                remote: remote.id.clone(),
+                key,
+                source: source.path.clone(),
+                snapshot: snapshot_ref(source, snapshot),
+                send_parent: send_parent.map(|parent| snapshot_ref(source, parent)),
+                pipe_through: target.pipe_through.clone(),
+                options: UploadOptions::default(),
+            },
+            keep: summary,
+        }))
     }
 
     /// The snapshots of a source: kept ones get their canonical name, the rest are
@@ -657,18 +759,20 @@ impl Builder<'_> {
             let target_name =
                 snapshot_name(&source.name, snapshot.ctime, snapshot.ctransid, self.tz);
             match (&keep, snapshot.origin) {
-                (_, Origin::Planned) => self.creates.push(Action::CreateSnapshot {
+                (_, Origin::Planned) => self.creates.push(Action::CreateSnapshot(CreateSnapshot {
                     source: source.path.clone(),
                     directory: source.snapshot_dir.clone(),
                     name: snapshot.name.clone(),
-                }),
-                (Some(_), _) if snapshot.name != target_name => self.renames.push(Action::Rename {
+                })),
+                (Some(_), _) if snapshot.name != target_name => {
+                    self.renames.push(Action::Rename(Rename {
+                        snapshot: snapshot_ref(source, snapshot),
+                        to: target_name.clone(),
+                    }));
+                }
+                (None, _) => self.destroys.push(Action::Destroy(Destroy {
                     snapshot: snapshot_ref(source, snapshot),
-                    to: target_name.clone(),
-                }),
-                (None, _) => self.destroys.push(Action::Destroy {
-                    snapshot: snapshot_ref(source, snapshot),
-                }),
+                })),
                 (Some(_), _) => {}
             }
             self.snapshots.push(PlannedSnapshot {
@@ -740,15 +844,15 @@ fn check_invariants(deletes: &[Action], backups: &[PlannedBackup]) -> Result<(),
         .map(|backup| (backup.remote.as_str(), backup.uuid))
         .collect();
     for action in deletes {
-        if let Action::Delete {
-            remote, key, uuid, ..
-        } = action
-            && (depended_on.contains(&(remote.as_str(), *uuid))
-                || kept.contains(&(remote.as_str(), *uuid)))
+        if let Action::Delete(delete) = action
+            && (depended_on.contains(&(delete.remote.as_str(), delete.uuid))
+                || kept.contains(&(delete.remote.as_str(), delete.uuid)))
         {
-            return Err(PlanError(format!(
-                "backup {key} in {remote} is needed by a kept backup but planned to be deleted"
-            )));
+            return Err(Broken::NeededBackupDeleted {
+                remote: delete.remote.clone(),
+                key: delete.key.clone(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -765,23 +869,22 @@ mod tests {
         plan.actions
             .iter()
             .map(|action| match action {
-                Action::AbortUpload { remote, key, .. } => format!("abort {remote} {key}"),
-                Action::CreateSnapshot { name, .. } => format!("create {name}"),
-                Action::Rename { snapshot, to } => format!("rename {} {to}", snapshot.name),
-                Action::Upload {
-                    remote,
-                    snapshot,
-                    send_parent,
-                    ..
-                } => match send_parent {
-                    Some(parent) => {
-                        format!("upload {remote} {} from {}", snapshot.name, parent.name)
+                Action::AbortUpload(abort) => format!("abort {} {}", abort.remote, abort.key),
+                Action::CreateSnapshot(create) => format!("create {}", create.name),
+                Action::Rename(rename) => format!("rename {} {}", rename.snapshot.name, rename.to),
+                Action::Upload(upload) => {
+                    let spec = &upload.spec;
+                    match &spec.send_parent {
+                        Some(parent) => format!(
+                            "upload {} {} from {}",
+                            spec.remote, spec.snapshot.name, parent.name
+                        ),
+                        None => format!("upload {} {} full", spec.remote, spec.snapshot.name),
                     }
-                    None => format!("upload {remote} {} full", snapshot.name),
-                },
-                Action::Destroy { snapshot } => format!("destroy {}", snapshot.name),
-                Action::Delete { remote, uuid, .. } => {
-                    format!("delete {remote} {}", uuid.as_u128() >> 64)
+                }
+                Action::Destroy(destroy) => format!("destroy {}", destroy.snapshot.name),
+                Action::Delete(delete) => {
+                    format!("delete {} {}", delete.remote, delete.uuid.as_u128() >> 64)
                 }
             })
             .collect()
@@ -967,7 +1070,7 @@ mod tests {
         assert_eq!(
             plan.actions
                 .iter()
-                .filter(|a| matches!(a, Action::CreateSnapshot { .. }))
+                .filter(|a| matches!(a, Action::CreateSnapshot(_)))
                 .count(),
             1
         );

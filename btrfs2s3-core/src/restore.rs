@@ -81,26 +81,44 @@ pub async fn receive(
         "receive".to_owned(),
         dest.to_string_lossy().into_owned(),
     ]);
-    let directory = SnapshotDir::open(dest).ok();
-    let before: BTreeSet<u64> = directory
-        .as_ref()
-        .and_then(|dir| dir.subvolumes().ok())
-        .map(|subvolumes| subvolumes.iter().map(|s| s.info.id).collect())
-        .unwrap_or_default();
+    // The directory is looked at on a blocking thread: btrfs calls stay off the runtime's
+    // workers.
+    let dest = dest.to_path_buf();
+    let (directory, before) = tokio::task::spawn_blocking(move || {
+        let directory = SnapshotDir::open(&dest).ok();
+        let before: BTreeSet<u64> = directory
+            .as_ref()
+            .and_then(|dir| dir.subvolumes().ok())
+            .map(|subvolumes| subvolumes.iter().map(|s| s.info.id).collect())
+            .unwrap_or_default();
+        (directory, before)
+    })
+    .await
+    .map_err(|error| PipelineError::Internal {
+        message: format!("the thread that looked at the destination failed: {error}"),
+    })?;
     let result = download_into(remote, key, &commands, progress).await;
     if result.is_err()
-        && let Some(dir) = &directory
-        && let Ok(after) = dir.subvolumes()
+        && let Some(dir) = directory
     {
-        for partial in after
-            .iter()
-            .filter(|s| !before.contains(&s.info.id) && s.info.received_uuid.is_none())
-        {
-            // Best effort: the receive's error is what the user needs to see.
-            let _ = dir.delete_snapshot(&partial.name, partial.info.id);
-        }
+        // Best effort: the receive's error is what the user needs to see.
+        let _ = tokio::task::spawn_blocking(move || delete_partial(&dir, &before)).await;
     }
     result
+}
+
+/// Deletes what a failed `btrfs receive` left in `dir`: subvolumes that were not there
+/// `before` and have no received uuid (the receive sets it last).
+fn delete_partial(dir: &SnapshotDir, before: &BTreeSet<u64>) {
+    let Ok(after) = dir.subvolumes() else {
+        return;
+    };
+    for partial in after
+        .iter()
+        .filter(|s| !before.contains(&s.info.id) && s.info.received_uuid.is_none())
+    {
+        let _ = dir.delete_snapshot(&partial.name, partial.info.id);
+    }
 }
 
 /// Streams backup `key` through `pipe_through` into `btrfs receive --dump`, which parses every

@@ -1,27 +1,31 @@
-//! The safety properties over generated histories: runs of `update` on the in-memory world,
-//! with time passing, sources changing, uploads failing, runs crashing part-way, and users
-//! meddling (deleting snapshots and backups, adding their own objects and snapshots, renaming
-//! snapshots). After every run:
+//! The safety properties over generated histories: runs of `update` — the real
+//! [`crate::run::cycle`], snapshot rule, planner, executor and interruption cleanup — on the
+//! in-memory world, with time passing, sources changing, uploads failing, runs crashing or
+//! interrupted part-way, and users meddling (deleting snapshots and backups, adding their own
+//! objects and snapshots, renaming snapshots). After every run:
 //!
 //! 1. no object whose key is not a backup key was deleted;
 //! 2. no backup whose send parent was in the bucket lost that parent (deletes never break a
 //!    chain);
 //! 3. no snapshot was destroyed before an upload that uses it succeeded;
-//! 4. a run that went well leaves nothing to do: planning its outcome plans nothing.
+//! 4. a run that went well leaves nothing to do: planning its outcome plans nothing;
+//! 5. an interrupted run leaves none of the snapshots it created but those it uploaded.
 //!
 //! The number of histories is `BTRFS2S3_SAFETY_HISTORIES` (default 2,000; `cargo xtask test`
 //! runs 100,000 in a release build).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use btrfs2s3_s3::BackupMeta;
 use jiff::SignedDuration;
 use proptest::prelude::*;
-use tokio_util::sync::CancellationToken;
 
-use crate::execute::{ActionResult, Silent, execute};
+use crate::cancel::Cancel;
+use crate::execute::{ActionResult, Outcome, Silent};
 use crate::fake::FakeWorld;
-use crate::plan::{Action, plan};
+use crate::plan::{Action, Origin, Plan};
+use crate::run::{Mode, UpdateEnd, UpdateOptions, UpdateReport, cycle};
 
 /// Something that happens between or during runs.
 #[derive(Debug, Clone)]
@@ -30,10 +34,12 @@ enum Event {
     Wait(SignedDuration),
     /// A source changes.
     Change(usize),
-    /// `update` runs; uploads of these remotes fail; it crashes after that many operations.
+    /// `update` runs; uploads to this remote fail; it crashes, or is interrupted, after
+    /// that many operations.
     Run {
         failing_remote: Option<usize>,
         crash_after: Option<usize>,
+        interrupt_after: Option<usize>,
     },
     /// A user deletes a snapshot (the n-th).
     DeleteSnapshot(prop::sample::Index),
@@ -60,8 +66,16 @@ fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         4 => wait.prop_map(Event::Wait),
         4 => (0..2usize).prop_map(Event::Change),
-        5 => (proptest::option::weighted(0.15, 0..2usize), proptest::option::weighted(0.15, 0..6usize))
-            .prop_map(|(failing_remote, crash_after)| Event::Run { failing_remote, crash_after }),
+        5 => (
+            proptest::option::weighted(0.15, 0..2usize),
+            proptest::option::weighted(0.15, 0..6usize),
+            proptest::option::weighted(0.1, 0..6usize),
+        )
+            .prop_map(|(failing_remote, crash_after, interrupt_after)| Event::Run {
+                failing_remote,
+                crash_after,
+                interrupt_after,
+            }),
         1 => any::<prop::sample::Index>().prop_map(Event::DeleteSnapshot),
         1 => (0..2usize, any::<prop::sample::Index>()).prop_map(|(r, i)| Event::DeleteObject(r, i)),
         1 => (0..2usize, any::<u8>()).prop_map(|(r, n)| Event::PutForeign(r, n)),
@@ -106,39 +120,70 @@ fn all_snapshots(world: &FakeWorld) -> Vec<(std::path::PathBuf, u64)> {
         .collect()
 }
 
-/// One run with its checks. Returns an error message when a property fails.
+/// Runs the real `update` cycle on the fake world.
+fn cycle_on(world: &mut FakeWorld, mode: Mode, cancel: &Cancel) -> Result<UpdateReport, String> {
+    let options = UpdateOptions {
+        now: world.now,
+        mode,
+        wait: Duration::ZERO,
+        ask: false,
+    };
+    let assessment = world.assessment();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(runtime.block_on(cycle(world, assessment, &options, &Silent, cancel)))
+}
+
+/// One run with its checks; returns its report. An error is the message of a property that
+/// failed.
 fn run(
     world: &mut FakeWorld,
     failing_remote: Option<usize>,
     crash_after: Option<usize>,
-) -> Result<(), String> {
-    world.take_snapshots();
+    interrupt_after: Option<usize>,
+) -> Result<UpdateReport, String> {
     let before = world.objects.clone();
-    let planned = plan(&world.assessment()).map_err(|e| e.to_string())?;
-    let failing: BTreeSet<String> = planned
-        .actions
-        .iter()
-        .filter_map(|action| match action {
-            Action::Upload { remote, key, .. }
-                if failing_remote.is_some_and(|r| REMOTES[r] == remote) =>
-            {
-                Some(key.to_string())
-            }
-            _ => None,
-        })
+    let cancel = Cancel::new();
+    world.failing_remotes = failing_remote
+        .map(|r| REMOTES[r].to_owned())
+        .into_iter()
         .collect();
-    world.failing_keys.clone_from(&failing);
     world.crash_after = crash_after;
+    world.interrupt_after = interrupt_after.map(|n| (n, cancel.clone()));
     world.log.clear();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let outcome = runtime.block_on(execute(&planned, world, &Silent, &CancellationToken::new()));
-    world.failing_keys.clear();
+    let report = cycle_on(world, Mode::Real, &cancel)?;
+    world.failing_remotes.clear();
     world.crash_after = None;
+    world.interrupt_after = None;
+    let empty = Outcome {
+        results: Vec::new(),
+    };
+    let outcome = match &report.end {
+        UpdateEnd::Executed(outcome) => outcome,
+        UpdateEnd::Interrupted(interruption) => interruption.outcome.as_ref().unwrap_or(&empty),
+        _ => &empty,
+    };
 
-    // 1. Foreign objects are never deleted.
-    for (remote, objects) in &before {
+    no_foreign_object_deleted(&before, world)?;
+    no_chain_broken(&before, world)?;
+    no_snapshot_destroyed_too_early(outcome)?;
+    if matches!(&report.end, UpdateEnd::Executed(outcome) if outcome.succeeded()) {
+        nothing_left_to_do(world)?;
+    }
+    if let (UpdateEnd::Interrupted(interruption), Some(plan)) = (&report.end, &report.plan)
+        && interruption.failures.is_empty()
+    {
+        no_new_snapshot_left(world, plan, outcome)?;
+    }
+    Ok(report)
+}
+
+type Objects = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// 1. Foreign objects are never deleted.
+fn no_foreign_object_deleted(before: &Objects, world: &FakeWorld) -> Result<(), String> {
+    for (remote, objects) in before {
         for key in objects
             .keys()
             .filter(|key| BackupMeta::parse_key(key).is_err())
@@ -148,7 +193,11 @@ fn run(
             }
         }
     }
-    // 2. Deletes never take a backup's send parent away.
+    Ok(())
+}
+
+/// 2. Deletes never take a backup's send parent away.
+fn no_chain_broken(before: &Objects, world: &FakeWorld) -> Result<(), String> {
     for (remote, objects) in &world.objects {
         let uuids: BTreeSet<_> = objects
             .keys()
@@ -172,30 +221,30 @@ fn run(
             }
         }
     }
-    // 3. No snapshot was destroyed before an upload using it succeeded.
+    Ok(())
+}
+
+/// 3. No snapshot was destroyed before an upload using it succeeded.
+fn no_snapshot_destroyed_too_early(outcome: &Outcome) -> Result<(), String> {
     let mut uploaded: BTreeSet<String> = BTreeSet::new();
-    for (action, result) in &outcome.results {
-        match (action, result) {
-            (Action::Upload { key, .. }, ActionResult::Done { .. }) => {
-                uploaded.insert(key.to_string());
+    for done in &outcome.results {
+        match (&done.action, &done.result) {
+            (Action::Upload(upload), ActionResult::Done { .. }) => {
+                uploaded.insert(upload.spec.key.to_string());
             }
-            (Action::Destroy { snapshot }, ActionResult::Done { .. }) => {
-                for (other, _) in &outcome.results {
-                    if let Action::Upload {
-                        key,
-                        snapshot: sent,
-                        send_parent,
-                        ..
-                    } = other
-                    {
-                        let uses = sent.uuid == snapshot.uuid
-                            || send_parent
+            (Action::Destroy(destroy), ActionResult::Done { .. }) => {
+                for other in &outcome.results {
+                    if let Action::Upload(upload) = &other.action {
+                        let spec = &upload.spec;
+                        let uses = spec.snapshot.uuid == destroy.snapshot.uuid
+                            || spec
+                                .send_parent
                                 .as_ref()
-                                .is_some_and(|p| p.uuid == snapshot.uuid);
-                        if uses && !uploaded.contains(&**key) {
+                                .is_some_and(|p| p.uuid == destroy.snapshot.uuid);
+                        if uses && !uploaded.contains(&*spec.key) {
                             return Err(format!(
-                                "{} destroyed while the upload of {key} needs it",
-                                snapshot.name
+                                "{} destroyed while the upload of {} needs it",
+                                destroy.snapshot.name, spec.key
                             ));
                         }
                     }
@@ -204,18 +253,49 @@ fn run(
             _ => {}
         }
     }
-    // 4. A run that went well leaves nothing to do.
-    if outcome.succeeded() {
-        world.take_snapshots();
-        let again = plan(&world.assessment()).map_err(|e| e.to_string())?;
-        if again.has_work() {
-            return Err(format!("a successful run left work: {:?}", again.actions));
+    Ok(())
+}
+
+/// 4. A run that went well leaves nothing to do, not even a snapshot to take.
+fn nothing_left_to_do(world: &mut FakeWorld) -> Result<(), String> {
+    let again = cycle_on(world, Mode::Pretend, &Cancel::new())?;
+    match (&again.plan, &again.end) {
+        (Some(plan), UpdateEnd::Shown) if plan.actions.is_empty() => Ok(()),
+        (plan, end) => Err(format!(
+            "a successful run left work: {end:?} {:?}",
+            plan.as_ref().map(|plan| &plan.actions)
+        )),
+    }
+}
+
+/// 5. An interrupted run removes the snapshots it created, unless it uploaded them.
+fn no_new_snapshot_left(world: &FakeWorld, plan: &Plan, outcome: &Outcome) -> Result<(), String> {
+    for snapshot in plan
+        .snapshots
+        .iter()
+        .filter(|s| s.origin == Origin::Created)
+    {
+        let uploaded = outcome.any_done(|action| {
+            matches!(action, Action::Upload(upload) if upload.spec.snapshot.uuid == snapshot.uuid)
+        });
+        let still_there = snapshot.id.is_some_and(|id| {
+            world
+                .snapshots
+                .get(&snapshot.directory)
+                .is_some_and(|snapshots| snapshots.contains_key(&id))
+        });
+        if still_there != uploaded {
+            return Err(format!(
+                "an interrupted run left {} (uploaded: {uploaded}, there: {still_there})",
+                snapshot.name
+            ));
         }
     }
     Ok(())
 }
 
-fn apply(world: &mut FakeWorld, event: &Event) -> Result<(), String> {
+/// Applies `event`; returns the report of a run.
+fn apply(world: &mut FakeWorld, event: &Event) -> Result<Option<UpdateReport>, String> {
     match event {
         Event::Wait(duration) => {
             world.now = world
@@ -227,7 +307,8 @@ fn apply(world: &mut FakeWorld, event: &Event) -> Result<(), String> {
         Event::Run {
             failing_remote,
             crash_after,
-        } => run(world, *failing_remote, *crash_after)?,
+            interrupt_after,
+        } => return run(world, *failing_remote, *crash_after, *interrupt_after).map(Some),
         Event::DeleteSnapshot(index) => {
             let all = all_snapshots(world);
             if !all.is_empty() {
@@ -269,7 +350,7 @@ fn apply(world: &mut FakeWorld, event: &Event) -> Result<(), String> {
             world.add_snapshot(*source, &format!("manual-{id}"), id, &now, ctransid);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn histories() -> u32 {
@@ -295,7 +376,7 @@ proptest! {
             }
         }
         // And however it went, a final quiet run repairs everything.
-        if let Err(message) = run(&mut world, None, None) {
+        if let Err(message) = run(&mut world, None, None, None) {
             prop_assert!(false, "the final run: {message}");
         }
     }
@@ -303,7 +384,7 @@ proptest! {
 
 /// The properties hold in the plans too: the planner never plans a delete of a backup that a
 /// kept backup depends on (`plan` refuses such a plan, so every plan above was checked), and
-/// the counts of what the histories exercised are not trivial.
+/// the histories exercise every kind of action and every way a run ends.
 #[test]
 fn the_histories_exercise_every_kind_of_action() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
@@ -316,29 +397,43 @@ fn the_histories_exercise_every_kind_of_action() {
         );
         let mut world = world("Europe/Berlin", ["1y 1m 1d", "2q 2w 3d 24h", "1d 24h 60M"]);
         for event in events {
-            if let Event::Run { .. } = event {
-                world.take_snapshots();
-                if let Ok(planned) = plan(&world.assessment()) {
-                    for action in &planned.actions {
-                        let kind = match action {
-                            Action::AbortUpload { .. } => "abort",
-                            Action::CreateSnapshot { .. } => "create",
-                            Action::Rename { .. } => "rename",
-                            Action::Upload {
-                                send_parent: None, ..
-                            } => "full upload",
-                            Action::Upload { .. } => "differential upload",
-                            Action::Destroy { .. } => "destroy",
-                            Action::Delete { .. } => "delete",
-                        };
-                        *seen.entry(kind).or_default() += 1;
-                    }
+            let Ok(Some(report)) = apply(&mut world, &event) else {
+                continue;
+            };
+            if let UpdateEnd::Interrupted(interruption) = &report.end {
+                *seen.entry("interrupted").or_default() += 1;
+                if interruption.removed > 0 {
+                    *seen.entry("new snapshot removed").or_default() += 1;
                 }
             }
-            let _ = apply(&mut world, &event);
+            let Some(planned) = report.plan else {
+                continue;
+            };
+            for action in &planned.actions {
+                let kind = match action {
+                    Action::AbortUpload(_) => "abort",
+                    Action::CreateSnapshot(_) => "create",
+                    Action::Rename(_) => "rename",
+                    Action::Upload(upload) if upload.spec.send_parent.is_none() => "full upload",
+                    Action::Upload(_) => "differential upload",
+                    Action::Destroy(_) => "destroy",
+                    Action::Delete(_) => "delete",
+                };
+                *seen.entry(kind).or_default() += 1;
+            }
+            if planned
+                .snapshots
+                .iter()
+                .any(|s| s.origin == Origin::Created)
+            {
+                *seen.entry("new snapshot").or_default() += 1;
+            }
         }
     }
     for kind in [
+        "interrupted",
+        "new snapshot removed",
+        "new snapshot",
         "rename",
         "full upload",
         "differential upload",

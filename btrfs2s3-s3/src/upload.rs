@@ -18,6 +18,7 @@ use aws_sdk_s3::types::{
 };
 use bytes::{Bytes, BytesMut};
 use jiff::Timestamp;
+use serde::Serialize;
 use snafu::ResultExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
@@ -32,7 +33,7 @@ const MAX_PARTS: usize = 10_000;
 const MAX_PART_SIZE: u64 = 5 << 30;
 
 /// An object-lock retention to set on upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ObjectLock {
     /// Governance (privileged users may lift it) or compliance (nobody may).
     pub mode: LockMode,
@@ -41,7 +42,8 @@ pub struct ObjectLock {
 }
 
 /// The object-lock retention mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LockMode {
     /// `GOVERNANCE`.
     Governance,
@@ -50,7 +52,8 @@ pub enum LockMode {
 }
 
 /// An additional checksum the server verifies and stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Checksum {
     /// CRC-32.
     Crc32,
@@ -74,7 +77,7 @@ impl Checksum {
 }
 
 /// Per-object options of an upload.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UploadOptions {
     /// The storage class (`STANDARD`, `STANDARD_IA`, `GLACIER_IR`...); the bucket's default
     /// otherwise.

@@ -179,4 +179,51 @@ mod tests {
             );
         }
     }
+
+    /// The binary never touches btrfs or S3 itself: not as a dependency (above), and not by
+    /// naming those crates through a re-export of core's. Core re-exports neither.
+    #[test]
+    fn the_cli_reaches_btrfs_and_s3_only_through_core() {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let mut offenders = Vec::new();
+        for (dir, forbidden) in [
+            ("btrfs2s3-cli/src", &["btrfs2s3_btrfs", "btrfs2s3_s3"][..]),
+            (
+                "btrfs2s3-core/src",
+                &["pub use btrfs2s3_btrfs", "pub use btrfs2s3_s3"][..],
+            ),
+        ] {
+            let files = rust_files(&root.join(dir));
+            assert!(
+                files.len() > 2,
+                "the sources of {dir} moved: update this test"
+            );
+            for file in files {
+                let text = std::fs::read_to_string(&file).expect("a readable source file");
+                for (n, line) in text.lines().enumerate() {
+                    if forbidden.iter().any(|name| line.contains(name)) {
+                        offenders.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "the CLI must go through core (see ARCHITECTURE.md):\n{}",
+            offenders.join("\n")
+        );
+    }
+
+    fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("a source directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                found.extend(rust_files(&path));
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                found.push(path);
+            }
+        }
+        found
+    }
 }

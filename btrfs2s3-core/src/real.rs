@@ -1,0 +1,453 @@
+//! The real world: btrfs sources and snapshot directories, and S3 remotes. Opening it
+//! gathers the state a run plans from — it opens every source and snapshot directory, locks
+//! the directories, lists each remote once and each source's snapshots — and the [`World`]
+//! operations then act on what it opened. Blocking btrfs calls run on the runtime's blocking
+//! threads, never on its workers.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use btrfs2s3_btrfs::{SendOptions, Snapshot, SnapshotDir, Subvolume};
+use btrfs2s3_s3::Remote;
+use jiff::Timestamp;
+use snafu::{ResultExt, Snafu};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{Config, SourceConfig};
+use crate::plan::{
+    AbortUpload, Assessment, BackupState, Origin, RemoteState, SnapshotRef, SnapshotState,
+    SourceState, UploadSpec, UploadTarget,
+};
+use crate::world::{World, WorldError};
+
+/// Why the state could not be assessed. Nothing has been changed when this happens.
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub(crate)))]
+pub enum AssessError {
+    /// A source or snapshot directory is unusable (not btrfs, not a subvolume, missing...).
+    #[snafu(display("cannot use source {}", path.display()))]
+    Source {
+        /// The source.
+        path: PathBuf,
+        /// Why.
+        source: btrfs2s3_btrfs::Error,
+    },
+    /// A snapshot directory is unusable.
+    #[snafu(display("cannot use snapshot directory {}", path.display()))]
+    SnapshotDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: btrfs2s3_btrfs::Error,
+    },
+    /// Two config entries name the same subvolume.
+    #[snafu(display("sources {} and {} are the same subvolume ({uuid})", first.display(), second.display()))]
+    SameSource {
+        /// The first entry.
+        first: PathBuf,
+        /// The second.
+        second: PathBuf,
+        /// The subvolume.
+        uuid: Uuid,
+    },
+    /// A source's directory name cannot prefix keys and snapshot names.
+    #[snafu(display("source {} has no usable directory name (it must be valid UTF-8)", path.display()))]
+    SourceName {
+        /// The source.
+        path: PathBuf,
+    },
+    /// Another run holds the lock of a snapshot directory, or the wait for it was
+    /// interrupted.
+    #[snafu(display("cannot use snapshot directory {}", path.display()))]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it.
+        source: crate::lock::LockError,
+    },
+    /// A remote could not be listed.
+    #[snafu(display("cannot list remote {remote}"))]
+    ListRemote {
+        /// The remote's id.
+        remote: String,
+        /// Why.
+        source: Box<btrfs2s3_s3::Error>,
+    },
+    /// The thread a blocking operation ran on ended without a result.
+    #[snafu(display("a worker thread failed: {message}"))]
+    Worker {
+        /// What the runtime said.
+        message: String,
+    },
+}
+
+impl AssessError {
+    /// Whether another run holds a lock we need.
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        matches!(self, AssessError::Locked { source, .. } if source.is_held())
+    }
+
+    /// Whether the error is about local setup (paths, filesystems): a usage error, as
+    /// opposed to a failure of something that worked before (a remote, a snapshot).
+    #[must_use]
+    pub fn is_setup_error(&self) -> bool {
+        matches!(
+            self,
+            AssessError::Source { .. }
+                | AssessError::SnapshotDirectory { .. }
+                | AssessError::SameSource { .. }
+                | AssessError::SourceName { .. }
+        )
+    }
+}
+
+/// Runs blocking `work` on the runtime's blocking threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// The real snapshots and buckets.
+pub struct RealWorld {
+    sources: HashMap<PathBuf, Arc<Subvolume>>,
+    dirs: HashMap<PathBuf, Arc<SnapshotDir>>,
+    remotes: HashMap<String, Remote>,
+    /// The snapshot directories' locks, held until the run ends.
+    _locks: Vec<crate::lock::Lock>,
+}
+
+impl RealWorld {
+    /// Opens everything `config` names and reads the state at `now`: the sources, their
+    /// snapshots and every remote some source uses. The snapshot directories stay locked
+    /// (waiting up to `wait` for another run) until the world is dropped. Changes nothing.
+    pub async fn open(
+        config: &Config,
+        now: Timestamp,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(RealWorld, Assessment), AssessError> {
+        let worker = |message| AssessError::Worker { message };
+        // Open everything local first: any problem stops us before anything is changed.
+        let source_configs = config.sources.clone();
+        let (opened, dirs) = blocking(move || open_local(&source_configs))
+            .await
+            .map_err(worker)??;
+        // Lock every snapshot directory before looking into them, in a fixed order so that
+        // two waiting runs cannot deadlock.
+        let mut dir_paths: Vec<&PathBuf> = dirs.keys().collect();
+        dir_paths.sort();
+        let mut locks = Vec::new();
+        for path in dir_paths {
+            let lock = crate::lock::lock_directory_async(path, wait, cancel)
+                .await
+                .context(LockedSnafu { path })?;
+            locks.push(lock);
+        }
+        let (remotes, clients) = list_remotes(config, cancel).await?;
+        let mut sources = Vec::new();
+        for (subvolume, source_config) in opened.iter().zip(&config.sources) {
+            let dir = Arc::clone(&dirs[&source_config.snapshots]);
+            let uuid = subvolume.info().uuid;
+            let listed = blocking(move || dir.snapshots_of(uuid))
+                .await
+                .map_err(worker)?
+                .context(SnapshotDirectorySnafu {
+                    path: &source_config.snapshots,
+                })?;
+            sources.push(source_state(source_config, subvolume, listed)?);
+        }
+        let assessment = Assessment {
+            timezone: config.timezone.clone(),
+            timezone_name: config.timezone_name.clone(),
+            now,
+            sources,
+            remotes,
+        };
+        let world = RealWorld {
+            sources: opened
+                .into_iter()
+                .map(|subvolume| (subvolume.path().to_path_buf(), subvolume))
+                .collect(),
+            dirs,
+            remotes: clients,
+            _locks: locks,
+        };
+        Ok((world, assessment))
+    }
+}
+
+type OpenedSources = Vec<Arc<Subvolume>>;
+type OpenedDirs = HashMap<PathBuf, Arc<SnapshotDir>>;
+
+/// Opens every source and snapshot directory (each directory once), and checks that they
+/// can work together.
+fn open_local(sources: &[SourceConfig]) -> Result<(OpenedSources, OpenedDirs), AssessError> {
+    let mut opened: OpenedSources = Vec::new();
+    let mut dirs: OpenedDirs = HashMap::new();
+    for source in sources {
+        let subvolume =
+            Subvolume::open(&source.path).context(SourceSnafu { path: &source.path })?;
+        if let Some(other) = opened
+            .iter()
+            .find(|other| other.info().uuid == subvolume.info().uuid)
+        {
+            return Err(AssessError::SameSource {
+                first: other.path().to_path_buf(),
+                second: source.path.clone(),
+                uuid: subvolume.info().uuid,
+            });
+        }
+        if !dirs.contains_key(&source.snapshots) {
+            let dir = SnapshotDir::open(&source.snapshots).context(SnapshotDirectorySnafu {
+                path: &source.snapshots,
+            })?;
+            dirs.insert(source.snapshots.clone(), Arc::new(dir));
+        }
+        dirs[&source.snapshots]
+            .check_same_filesystem(&subvolume)
+            .context(SnapshotDirectorySnafu {
+                path: &source.snapshots,
+            })?;
+        opened.push(Arc::new(subvolume));
+    }
+    Ok((opened, dirs))
+}
+
+/// Connects to and lists each remote some source uses, once however many sources use it.
+async fn list_remotes(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<(Vec<RemoteState>, HashMap<String, Remote>), AssessError> {
+    let used = config.remotes.iter().filter(|remote| {
+        config.sources.iter().any(|source| {
+            source
+                .upload_to_remotes
+                .iter()
+                .any(|upload| upload.remote_id == remote.id)
+        })
+    });
+    let mut remotes = Vec::new();
+    let mut clients = HashMap::new();
+    for remote in used {
+        let error = |source| AssessError::ListRemote {
+            remote: remote.id.clone(),
+            source: Box::new(source),
+        };
+        let client = Remote::connect(&remote.s3)
+            .await
+            .map_err(error)?
+            .with_cancellation(cancel.clone());
+        let listing = client.list().await.map_err(error)?;
+        let pending_uploads = client
+            .pending_uploads()
+            .await
+            .map_err(error)?
+            .into_iter()
+            .map(|upload| crate::plan::PendingUpload {
+                key: upload.key,
+                upload_id: upload.upload_id,
+            })
+            .collect();
+        remotes.push(RemoteState {
+            id: remote.id.clone(),
+            bucket: client.bucket().to_owned(),
+            backups: listing.backups.into_iter().map(BackupState::from).collect(),
+            foreign_objects: listing.foreign.len(),
+            pages: listing.pages,
+            pending_uploads,
+        });
+        clients.insert(remote.id.clone(), client);
+    }
+    Ok((remotes, clients))
+}
+
+/// A source and the snapshots of it that were listed.
+fn source_state(
+    source_config: &SourceConfig,
+    subvolume: &Subvolume,
+    listed: Vec<Snapshot>,
+) -> Result<SourceState, AssessError> {
+    let info = subvolume.info();
+    Ok(SourceState {
+        path: source_config.path.clone(),
+        name: source_name(&source_config.path)?,
+        uuid: info.uuid,
+        ctransid: info.ctransid,
+        ctime: info.ctime,
+        snapshot_dir: source_config.snapshots.clone(),
+        snapshots: listed
+            .into_iter()
+            .map(|snapshot| SnapshotState {
+                name: snapshot.name.to_string_lossy().into_owned(),
+                id: Some(snapshot.info.id),
+                uuid: snapshot.info.uuid,
+                ctime: snapshot.info.ctime,
+                ctransid: snapshot.info.ctransid,
+                origin: Origin::Existing,
+            })
+            .collect(),
+        uploads: source_config
+            .upload_to_remotes
+            .iter()
+            .map(|upload| UploadTarget {
+                remote: upload.remote_id.clone(),
+                preserve: upload.preserve,
+                pipe_through: upload.pipe_through.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// The name of a source's directory: `home` for `/mnt/pool/home/`.
+fn source_name(path: &Path) -> Result<String, AssessError> {
+    path.file_name()
+        .and_then(OsStr::to_str)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| AssessError::SourceName {
+            path: path.to_path_buf(),
+        })
+}
+
+impl RealWorld {
+    fn dir(&self, directory: &Path) -> Result<Arc<SnapshotDir>, WorldError> {
+        self.dirs
+            .get(directory)
+            .cloned()
+            .ok_or_else(|| WorldError::DirectoryNotOpened {
+                directory: directory.to_path_buf(),
+            })
+    }
+
+    fn remote(&self, id: &str) -> Result<&Remote, WorldError> {
+        self.remotes
+            .get(id)
+            .ok_or_else(|| WorldError::RemoteNotConnected {
+                remote: id.to_owned(),
+            })
+    }
+
+    /// Runs `work` on the snapshot directory of `snapshot`, which must exist (not only be
+    /// planned), on a blocking thread.
+    async fn on_snapshot<T: Send + 'static>(
+        &self,
+        snapshot: &SnapshotRef,
+        work: impl FnOnce(&SnapshotDir, &OsStr, u64) -> btrfs2s3_btrfs::Result<T> + Send + 'static,
+    ) -> Result<T, WorldError> {
+        let dir = self.dir(&snapshot.directory)?;
+        let id = snapshot.id.ok_or_else(|| WorldError::OnlyPlanned {
+            name: snapshot.name.clone(),
+        })?;
+        let name = snapshot.name.clone();
+        let result = blocking(move || work(&dir, OsStr::new(&name), id))
+            .await
+            .map_err(|message| WorldError::Worker { message })?;
+        Ok(result?)
+    }
+}
+
+impl World for RealWorld {
+    async fn create_snapshot(
+        &mut self,
+        source: &SourceState,
+        name: &str,
+    ) -> Result<SnapshotState, WorldError> {
+        let dir = self.dir(&source.snapshot_dir)?;
+        let subvolume =
+            self.sources
+                .get(&source.path)
+                .cloned()
+                .ok_or_else(|| WorldError::SourceNotOpened {
+                    path: source.path.clone(),
+                })?;
+        let new_name = name.to_owned();
+        let created = blocking(move || dir.create_snapshot(&subvolume, OsStr::new(&new_name)))
+            .await
+            .map_err(|message| WorldError::Worker { message })??;
+        Ok(SnapshotState {
+            name: name.to_owned(),
+            id: Some(created.id),
+            uuid: created.uuid,
+            ctime: created.ctime,
+            ctransid: created.ctransid,
+            origin: Origin::Created,
+        })
+    }
+
+    async fn rename_snapshot(
+        &mut self,
+        snapshot: &SnapshotRef,
+        to: &str,
+    ) -> Result<(), WorldError> {
+        let to = to.to_owned();
+        self.on_snapshot(snapshot, move |dir, name, id| {
+            // Only rename what is still the snapshot we planned for.
+            dir.open_snapshot(name, id)?;
+            dir.rename(name, OsStr::new(&to))
+        })
+        .await
+    }
+
+    async fn destroy_snapshot(&mut self, snapshot: &SnapshotRef) -> Result<(), WorldError> {
+        self.on_snapshot(snapshot, SnapshotDir::delete_snapshot)
+            .await
+    }
+
+    async fn upload(
+        &mut self,
+        upload: &UploadSpec,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, WorldError> {
+        let parent = match &upload.send_parent {
+            // Checks that the send parent is still there and still the same subvolume.
+            Some(parent) => Some(
+                self.on_snapshot(parent, |dir, name, id| {
+                    dir.open_snapshot(name, id).map(|_| id)
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let snapshot = self
+            .on_snapshot(&upload.snapshot, |dir, name, id| {
+                dir.open_snapshot(name, id)
+            })
+            .await?;
+        let options = SendOptions {
+            parent,
+            ..SendOptions::default()
+        };
+        let remote = self.remote(&upload.remote)?;
+        let size = crate::pipeline::upload_snapshot(
+            remote,
+            &upload.key,
+            snapshot,
+            options,
+            &upload.pipe_through,
+            &upload.options,
+            progress,
+        )
+        .await?;
+        Ok(size)
+    }
+
+    async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError> {
+        self.remote(remote)?.delete(keys).await?;
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self, upload: &AbortUpload) -> Result<(), WorldError> {
+        self.remote(&upload.remote)?
+            .abort_upload(&upload.key, &upload.upload_id)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Every command as one call that returns a report: [`update()`] (and its world-generic
+//! [`cycle`]), and the read side — [`list`], [`prepare_restore`] and [`restore`], [`verify`].
+//! The binary parses arguments, renders reports through the `Ui` traits and maps them to exit
+//! codes; it never touches btrfs or S3 itself.
+
+mod read;
+mod update;
+
+pub use read::{
+    ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport, Target, TargetError,
+    Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list, prepare_restore,
+    restore, verify,
+};
+pub use update::{
+    Choice, Interruption, Mode, Ui, Undone, UpdateEnd, UpdateError, UpdateOptions, UpdateReport,
+    cycle, needs_snapshot, update,
+};

@@ -1,0 +1,465 @@
+//! The commands that read backups — `list`, `restore`, `verify` — as calls returning reports.
+//! They need only remotes (from a config, or a bucket named on the command line when the
+//! config is lost) and a time zone to show times in.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use btrfs2s3_s3::{Remote, RemoteConfig};
+use jiff::tz::TimeZone;
+use snafu::Snafu;
+use uuid::Uuid;
+
+use crate::cancel::Cancel;
+use crate::catalog::{self, Catalog, CatalogView, SelectError, Selection};
+use crate::config::{self, Config};
+use crate::pipeline::PipelineError;
+use crate::plan::BackupState;
+use crate::restore::{self, RestoreItem};
+
+/// The remotes a read command reads, and the time zone it shows times in.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The time zone of the config (UTC without one).
+    pub timezone: TimeZone,
+    /// The remotes, in config order.
+    pub remotes: Vec<config::Remote>,
+}
+
+/// Remotes that cannot be chosen as asked.
+#[derive(Debug, Clone, PartialEq, Eq, Snafu)]
+pub enum TargetError {
+    /// `--remote` names no remote of the config.
+    #[snafu(display("{} has no remote {id:?} (it has: {})", path.display(), known.join(", ")))]
+    UnknownRemote {
+        /// The config.
+        path: PathBuf,
+        /// The id asked for.
+        id: String,
+        /// The ids it has.
+        known: Vec<String>,
+    },
+    /// The command needs one remote and the config has several.
+    #[snafu(display("{} has several remotes; choose one with --remote ({})", path.display(), known.join(", ")))]
+    SeveralRemotes {
+        /// The config.
+        path: PathBuf,
+        /// The ids it has.
+        known: Vec<String>,
+    },
+}
+
+impl Target {
+    /// A bucket named on the command line: times in UTC.
+    #[must_use]
+    pub fn bucket(
+        bucket: &str,
+        endpoint_url: Option<String>,
+        region: Option<String>,
+        profile: Option<String>,
+    ) -> Target {
+        let s3 = RemoteConfig {
+            endpoint_url,
+            region,
+            profile,
+            ..RemoteConfig::new(bucket)
+        };
+        Target {
+            timezone: TimeZone::UTC,
+            remotes: vec![config::Remote {
+                id: bucket.to_owned(),
+                s3,
+            }],
+        }
+    }
+
+    /// The remotes of `config`: all, or the one with id `only`.
+    pub fn config(config: &Config, only: Option<&str>) -> Result<Target, TargetError> {
+        let remotes: Vec<config::Remote> = config
+            .remotes
+            .iter()
+            .filter(|remote| only.is_none_or(|id| id == remote.id))
+            .cloned()
+            .collect();
+        if let (Some(id), true) = (only, remotes.is_empty()) {
+            return Err(TargetError::UnknownRemote {
+                path: config.path.clone(),
+                id: id.to_owned(),
+                known: config.remotes.iter().map(|r| r.id.clone()).collect(),
+            });
+        }
+        Ok(Target {
+            timezone: config.timezone.clone(),
+            remotes,
+        })
+    }
+
+    /// The one remote of a config that has one (or of which one was chosen).
+    pub fn single(config: &Config, only: Option<&str>) -> Result<Target, TargetError> {
+        let target = Target::config(config, only)?;
+        if target.remotes.len() == 1 {
+            Ok(target)
+        } else {
+            Err(TargetError::SeveralRemotes {
+                path: config.path.clone(),
+                known: target.remotes.iter().map(|r| r.id.clone()).collect(),
+            })
+        }
+    }
+}
+
+/// Why a read command could not do its work.
+#[derive(Debug, Snafu)]
+pub enum ReadError {
+    /// A remote could not be read.
+    #[snafu(transparent)]
+    Catalog {
+        /// Which, and why.
+        source: catalog::ReadError,
+    },
+    /// The restore's destination is unusable.
+    #[snafu(display("cannot restore into {}", dest.display()))]
+    Destination {
+        /// The destination.
+        dest: PathBuf,
+        /// Why.
+        source: btrfs2s3_btrfs::Error,
+    },
+    /// The backups asked for cannot be selected.
+    #[snafu(transparent)]
+    Select {
+        /// Why.
+        source: SelectError,
+    },
+    /// A restore reads one remote.
+    #[snafu(display("a restore reads one remote, not {count}"))]
+    NotOneRemote {
+        /// How many it was given.
+        count: usize,
+    },
+    /// A signal stopped the command.
+    #[snafu(display("interrupted by {cause}"))]
+    Interrupted {
+        /// The signal.
+        cause: &'static str,
+    },
+    /// The thread a blocking operation ran on ended without a result.
+    #[snafu(display("a worker thread failed: {message}"))]
+    Worker {
+        /// What the runtime said.
+        message: String,
+    },
+}
+
+impl ReadError {
+    /// Whether the command was asked for something that cannot be (a usage error), as
+    /// opposed to a failure on the way.
+    #[must_use]
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ReadError::Destination { .. }
+                | ReadError::NotOneRemote { .. }
+                | ReadError::Select {
+                    source: SelectError::Unknown { .. }
+                }
+        )
+    }
+}
+
+/// Connects to `remote` and reads its catalog; a signal ends the wait.
+async fn read_catalog(
+    remote: &config::Remote,
+    cancel: &Cancel,
+) -> Result<(Remote, Catalog), ReadError> {
+    tokio::select! {
+        read = catalog::read(&remote.id, &remote.s3) => {
+            let (client, catalog) = read?;
+            Ok((client.with_cancellation(cancel.token().clone()), catalog))
+        }
+        () = cancel.cancelled() => Err(interrupted(cancel)),
+    }
+}
+
+fn interrupted(cancel: &Cancel) -> ReadError {
+    ReadError::Interrupted {
+        cause: cancel.cause().unwrap_or("a signal"),
+    }
+}
+
+/// `list`: the backups of every remote of `target`, as trees per source.
+pub async fn list(target: &Target, cancel: &Cancel) -> Result<Vec<CatalogView>, ReadError> {
+    let mut views = Vec::new();
+    for remote in &target.remotes {
+        let (_, catalog) = read_catalog(remote, cancel).await?;
+        views.push(catalog.view(&target.timezone));
+    }
+    Ok(views)
+}
+
+/// A transfer out of a remote, for progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer<'a> {
+    /// A backup received into the destination.
+    Receive {
+        /// Its key.
+        key: &'a str,
+    },
+    /// A backup checked.
+    Verify {
+        /// The remote.
+        remote: &'a str,
+        /// Its key.
+        key: &'a str,
+    },
+}
+
+/// Hears about transfers, for the user.
+pub trait TransferUi: Sync {
+    /// A transfer starts.
+    fn started(&self, transfer: Transfer<'_>);
+    /// It has moved this many bytes so far.
+    fn progress(&self, bytes: u64);
+    /// It ended: the bytes moved, or why not.
+    fn finished(&self, transfer: Transfer<'_>, result: &Result<u64, PipelineError>);
+}
+
+/// What to restore, and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The directory to receive into (on btrfs).
+    pub dest: PathBuf,
+    /// The backups (with their send ancestors).
+    pub selection: Selection,
+    /// The commands each stream goes through before `btrfs receive`.
+    pub pipe_through: Vec<Vec<String>>,
+}
+
+/// A restore ready to go: the backups to receive, in order.
+#[derive(Debug)]
+pub struct RestorePlan {
+    /// The remote.
+    pub remote_id: String,
+    /// The destination.
+    pub dest: PathBuf,
+    /// Every selected backup, parents first, those already in the destination marked.
+    pub items: Vec<RestoreItem>,
+    pipe_through: Vec<Vec<String>>,
+    remote: Remote,
+}
+
+impl RestorePlan {
+    /// Whether everything is in the destination already.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.items.iter().all(|item| item.present)
+    }
+}
+
+/// How a restore went.
+#[derive(Debug)]
+pub struct RestoreReport {
+    /// How many backups were received.
+    pub received: usize,
+    /// The backup that could not be received; the ones after it were not tried.
+    pub failure: Option<ReceiveFailure>,
+}
+
+/// A backup that could not be received.
+#[derive(Debug)]
+pub struct ReceiveFailure {
+    /// Its key.
+    pub key: String,
+    /// Why (a half-received subvolume was deleted).
+    pub error: PipelineError,
+}
+
+/// Prepares `restore` from the one remote of `target` (see [`Target::single`]): checks the
+/// destination, reads the remote, and selects the backups to receive, parents first.
+pub async fn prepare_restore(
+    target: &Target,
+    options: RestoreOptions,
+    cancel: &Cancel,
+) -> Result<RestorePlan, ReadError> {
+    let [remote] = target.remotes.as_slice() else {
+        return Err(ReadError::NotOneRemote {
+            count: target.remotes.len(),
+        });
+    };
+    let dest = options.dest.clone();
+    let present = tokio::task::spawn_blocking(move || restore::received_uuids(&dest))
+        .await
+        .map_err(|error| ReadError::Worker {
+            message: error.to_string(),
+        })?
+        .map_err(|source| ReadError::Destination {
+            dest: options.dest.clone(),
+            source,
+        })?;
+    let (client, catalog) = read_catalog(remote, cancel).await?;
+    let items = restore::plan_restore(&catalog, options.selection, &present, &target.timezone)?;
+    Ok(RestorePlan {
+        remote_id: remote.id.clone(),
+        dest: options.dest,
+        items,
+        pipe_through: options.pipe_through,
+        remote: client,
+    })
+}
+
+/// Receives the backups of `plan` that are not in the destination yet, in order; stops at
+/// the first that fails (running the same restore again goes on from there).
+pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport {
+    let mut received = 0;
+    for item in plan.items.iter().filter(|item| !item.present) {
+        let transfer = Transfer::Receive { key: &item.key };
+        ui.started(transfer);
+        let progress = |bytes| ui.progress(bytes);
+        let result = restore::receive(
+            &plan.remote,
+            &item.key,
+            &plan.dest,
+            &plan.pipe_through,
+            &progress,
+        )
+        .await;
+        ui.finished(transfer, &result);
+        match result {
+            Ok(_) => received += 1,
+            Err(error) => {
+                return RestoreReport {
+                    received,
+                    failure: Some(ReceiveFailure {
+                        key: item.key.clone(),
+                        error,
+                    }),
+                };
+            }
+        }
+    }
+    RestoreReport {
+        received,
+        failure: None,
+    }
+}
+
+/// What to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// A backup (with its send ancestors) or a source; every backup when `None`.
+    pub uuid: Option<Uuid>,
+    /// The commands each stream goes through before it is checked.
+    pub pipe_through: Vec<Vec<String>>,
+}
+
+/// What `verify` found about one backup, or about a remote's selection.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The stream parses and its checksums match.
+    Intact {
+        /// Its size.
+        size: u64,
+    },
+    /// The stream parses, but its send parent is not in the remote: it cannot be restored.
+    BrokenChain {
+        /// The missing send parent.
+        send_parent: Uuid,
+    },
+    /// The stream is damaged, or could not be read.
+    Damaged {
+        /// Why.
+        error: PipelineError,
+    },
+}
+
+/// Hears what `verify` finds, as it finds it.
+pub trait VerifyUi: TransferUi {
+    /// A backup was checked (a broken chain is told before its stream is checked).
+    fn verdict(&self, remote: &str, backup: &BackupState, verdict: &Verdict);
+    /// A remote's selection cannot be made (its chains are broken).
+    fn unselectable(&self, remote: &str, error: &SelectError);
+}
+
+/// How `verify` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// How many backups were checked.
+    pub checked: usize,
+    /// How many problems were found.
+    pub problems: usize,
+    /// Whether the uuid asked for was found in some remote.
+    pub found: bool,
+}
+
+/// `verify`: every selected backup of every remote of `target` is read to its end through
+/// `btrfs receive --dump` (which checks every command's checksum), and every chain is
+/// checked for a missing send parent.
+pub async fn verify(
+    target: &Target,
+    options: &VerifyOptions,
+    ui: &impl VerifyUi,
+    cancel: &Cancel,
+) -> Result<VerifyReport, ReadError> {
+    let mut report = VerifyReport {
+        checked: 0,
+        problems: 0,
+        found: options.uuid.is_none(),
+    };
+    for remote in &target.remotes {
+        let (client, catalog) = read_catalog(remote, cancel).await?;
+        let selected: Vec<&BackupState> = match options.uuid {
+            None => catalog.backups().iter().collect(),
+            Some(uuid) => match catalog.select(Selection::Uuid(uuid)) {
+                Ok(selected) => {
+                    report.found = true;
+                    selected
+                }
+                Err(SelectError::Unknown { .. }) => continue,
+                Err(error) => {
+                    report.found = true;
+                    ui.unselectable(&remote.id, &error);
+                    report.problems += 1;
+                    continue;
+                }
+            },
+        };
+        // Chains first: a backup whose send parent is gone cannot be restored, however
+        // intact its bytes are.
+        let mut broken = BTreeSet::new();
+        for backup in catalog.broken_chains() {
+            if selected.iter().any(|s| s.meta.uuid == backup.meta.uuid)
+                && let Some(send_parent) = backup.meta.send_parent_uuid
+            {
+                broken.insert(backup.meta.uuid);
+                ui.verdict(&remote.id, backup, &Verdict::BrokenChain { send_parent });
+                report.problems += 1;
+            }
+        }
+        for backup in selected {
+            let transfer = Transfer::Verify {
+                remote: &remote.id,
+                key: &backup.key,
+            };
+            ui.started(transfer);
+            let progress = |bytes| ui.progress(bytes);
+            let result =
+                restore::verify(&client, &backup.key, &options.pipe_through, &progress).await;
+            ui.finished(transfer, &result);
+            // A stream cut short by a signal says nothing about the backup.
+            if cancel.is_cancelled() {
+                return Err(interrupted(cancel));
+            }
+            report.checked += 1;
+            match result {
+                // A broken chain was told already.
+                Ok(_) if broken.contains(&backup.meta.uuid) => {}
+                Ok(size) => ui.verdict(&remote.id, backup, &Verdict::Intact { size }),
+                Err(error) => {
+                    ui.verdict(&remote.id, backup, &Verdict::Damaged { error });
+                    report.problems += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
