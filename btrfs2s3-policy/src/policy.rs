@@ -105,6 +105,77 @@ impl Policy {
         }
     }
 
+    /// Until when the policy preserves `span`: the first instant at or after `now` at which
+    /// the policy, evaluated then, no longer does. `None` when it does not preserve `span` now.
+    ///
+    /// For years down to days that is the start of the span N units after `span` (N being the
+    /// policy's count for the timeframe). For hours, minutes and seconds, which the policy
+    /// steps in elapsed time, it is the end of `span` plus N - 1 units; a wall-clock hour that
+    /// a DST change of half an hour made shorter than an hour is preserved in windows, and
+    /// then it is the end of the current window.
+    ///
+    /// ```
+    /// use btrfs2s3_policy::{Policy, Timeframe, TimeSpan};
+    /// use jiff::{Timestamp, tz::TimeZone};
+    ///
+    /// let tz = TimeZone::get("Europe/Berlin")?;
+    /// let now: Timestamp = "2026-05-20T12:00:00Z".parse()?;
+    /// let policy = Policy::new("3m 24h".parse()?, tz.clone(), now);
+    ///
+    /// // March is one of the 3 most recent months until June begins.
+    /// let march = TimeSpan::containing(Timeframe::Months, "2026-03-15T00:00:00Z".parse()?, &tz);
+    /// assert_eq!(policy.preserved_until(&march), Some("2026-06-01T00:00:00+02:00".parse()?));
+    /// // The hour of 11:00 UTC is one of the 24 most recent for another 23 hours.
+    /// let hour = TimeSpan::containing(Timeframe::Hours, "2026-05-20T11:30:00Z".parse()?, &tz);
+    /// assert_eq!(policy.preserved_until(&hour), Some("2026-05-21T11:00:00Z".parse()?));
+    /// let february = TimeSpan::containing(Timeframe::Months, "2026-02-15T00:00:00Z".parse()?, &tz);
+    /// assert_eq!(policy.preserved_until(&february), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn preserved_until(&self, span: &TimeSpan) -> Option<Timestamp> {
+        if !self.preserves(span) {
+            return None;
+        }
+        let count = self.params.count(span.timeframe());
+        let Some(unit) = unit_seconds(span.timeframe()) else {
+            return Some(span.start_of_nth_after(count, &self.tz));
+        };
+        let start = span.start().as_second();
+        let end = span.end().as_second();
+        // Preserved exactly while `now - k * unit` falls in the span for some k < count.
+        let steps = if end - start >= unit {
+            i64::from(count) - 1
+        } else {
+            (self.now.as_second() - start).div_euclid(unit)
+        };
+        let until = steps
+            .checked_mul(unit)
+            .and_then(|elapsed| end.checked_add(elapsed))
+            .unwrap_or(i64::MAX);
+        Some(Timestamp::from_second(until).unwrap_or(Timestamp::MAX))
+    }
+
+    /// One unit of the policy's shortest timeframe after `now` (on the wall clock for days
+    /// and longer), the step by which the newest backup's keep-until stays ahead; `now` for
+    /// a policy that preserves nothing.
+    #[must_use]
+    pub fn one_step_ahead(&self) -> Timestamp {
+        let Some(shortest) = self.params.timeframes().last() else {
+            return self.now;
+        };
+        match unit_seconds(shortest) {
+            Some(unit) => self
+                .now
+                .checked_add(jiff::SignedDuration::from_secs(unit))
+                .unwrap_or(Timestamp::MAX),
+            None => crate::span::civil_step(self.tz.to_datetime(self.now), shortest, 1)
+                .map_or(Timestamp::MAX, |later| {
+                    crate::span::resolve(later, &self.tz)
+                }),
+        }
+    }
+
     /// The spans of `timeframe` that the policy preserves, most recent first.
     pub fn preserved_spans(&self, timeframe: Timeframe) -> impl Iterator<Item = TimeSpan> + '_ {
         let mut cursor = Some(TimeSpan::containing(timeframe, self.now, &self.tz));
@@ -245,6 +316,67 @@ mod tests {
         let old: Timestamp = "1900-01-01T00:00:00Z".parse().unwrap();
         let span = TimeSpan::containing(Timeframe::Days, old, policy.time_zone());
         assert!(policy.preserves(&span));
+    }
+
+    const ZONES: &[&str] = &[
+        "UTC",
+        "Europe/Berlin",
+        "America/St_Johns",
+        "Australia/Lord_Howe",
+    ];
+    const POLICIES: &[&str] = &[
+        "1y 3m 30d 24h",
+        "2q 2w 3d",
+        "5d 48h 90M 30s",
+        "1y 1q 1m 1w 1d 1h 1M 1s",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Preserved until: preserved at every instant from now to just before, not at it.
+        #[test]
+        fn a_span_is_preserved_exactly_until_preserved_until(
+            zone in proptest::sample::select(ZONES),
+            preserve in proptest::sample::select(POLICIES),
+            now in 1_700_000_000i64..1_900_000_000,
+            age in 0i64..40_000_000,
+            fraction in 0.0f64..1.0,
+        ) {
+            let tz = TimeZone::get(zone).unwrap();
+            let now = Timestamp::from_second(now).unwrap();
+            let at = |instant: Timestamp| Policy::new(preserve.parse().unwrap(), tz.clone(), instant);
+            let policy = at(now);
+            let instant = Timestamp::from_second(now.as_second() - age).unwrap();
+            for span in policy.spans_containing(instant).collect::<Vec<_>>() {
+                let Some(until) = policy.preserved_until(&span) else {
+                    proptest::prop_assert!(!policy.preserves(&span));
+                    continue;
+                };
+                proptest::prop_assert!(until > now, "{span}: {until}");
+                proptest::prop_assert!(!at(until).preserves(&span), "{span} still at {until}");
+                let last = Timestamp::from_second(until.as_second() - 1).unwrap();
+                proptest::prop_assert!(at(last).preserves(&span), "{span} not at {last}");
+                #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+                let between = now.as_second()
+                    + ((until.as_second() - now.as_second()) as f64 * fraction) as i64;
+                let between = Timestamp::from_second(between).unwrap();
+                proptest::prop_assert!(at(between).preserves(&span), "{span} not at {between}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_step_ahead_is_one_unit_of_the_shortest_timeframe() {
+        let ahead = |preserve: &str| {
+            policy(preserve, "Europe/Berlin", "2026-03-28T12:00:00Z")
+                .one_step_ahead()
+                .to_string()
+        };
+        assert_eq!(ahead("1y 24h"), "2026-03-28T13:00:00Z");
+        // A wall-clock day: the night to the 29th is an hour short (DST begins).
+        assert_eq!(ahead("1y 1d"), "2026-03-29T11:00:00Z");
+        assert_eq!(ahead("0y"), "2026-03-28T12:00:00Z");
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub struct KeepBackup {
     pub keep: Keep,
     /// The snapshot it is (or is to be) sent against; `None` for a full backup.
     pub send_parent: Option<Uuid>,
+    /// The earliest instant at which the policy, with no new snapshots, could stop keeping it
+    /// (see [`resolve`]); always after `now`.
+    pub keep_until: Timestamp,
 }
 
 impl KeepBackup {
@@ -221,6 +224,14 @@ pub struct Resolution {
 /// 2. **`MostRecent`.** Keep the snapshot with the largest ctransid, and a backup of it.
 /// 3. **`SendAncestor`.** Keep the send parent of every kept backup, transitively, creating a
 ///    backup of the parent snapshot when none exists.
+///
+/// Every kept backup also gets its **keep-until** (ours; the Python tool has none): the latest
+/// of the instants [`Policy::preserved_until`] gives for the spans it is kept for; for the
+/// most recent backup, the end of the span of the shortest timeframe that contains it and
+/// [`Policy::one_step_ahead`] (the newest backup is always kept a step ahead); and the
+/// keep-until of every kept backup sent against it (a parent outlives its children).
+/// Evaluated at any instant before it, with the same items, the policy still keeps the
+/// backup. Object lock dates and storage classes are derived from it.
 ///
 /// A new backup's send parent follows the policy's timeframes from the longest: it is the
 /// nominal snapshot of the last span for which the snapshot is *not* nominal, stopping at the
@@ -290,6 +301,7 @@ pub fn resolve<S: Item, B: BackupItem>(
     resolver.keep_preserved();
     resolver.keep_most_recent();
     resolver.keep_send_ancestors();
+    resolver.set_keep_until();
     resolver.result.broken_chains.sort_unstable();
     resolver.result
 }
@@ -427,6 +439,7 @@ impl<S: Item, B: BackupItem> Resolver<'_, S, B> {
             .or_insert_with(|| KeepBackup {
                 keep: Keep::default(),
                 send_parent,
+                keep_until: Timestamp::MIN,
             });
         why.update(&mut kept.keep, flags);
     }
@@ -526,6 +539,61 @@ impl<S: Item, B: BackupItem> Resolver<'_, S, B> {
             };
             self.mark_snapshot(s, why);
             self.keep_backup_of_snapshot(s, Flags::empty(), why);
+        }
+    }
+
+    /// Fills in every kept backup's keep-until: its own, then its descendants'.
+    fn set_keep_until(&mut self) {
+        let policy = self.policy;
+        let shortest = policy.params().timeframes().last();
+        for (uuid, kept) in &mut self.result.backups {
+            let mut until = kept
+                .keep
+                .time_spans
+                .iter()
+                .filter_map(|span| policy.preserved_until(span))
+                .max()
+                .unwrap_or(Timestamp::MIN);
+            if kept.keep.reasons.contains(Reasons::MOST_RECENT) {
+                let ctime = self
+                    .backups
+                    .get(*uuid)
+                    .map(|b| self.backup_items[b].ctime())
+                    .or_else(|| {
+                        self.snapshots
+                            .get(*uuid)
+                            .map(|s| self.snapshots.items[s].ctime())
+                    });
+                let span_end = shortest
+                    .zip(ctime)
+                    .map_or(Timestamp::MIN, |(timeframe, ctime)| {
+                        TimeSpan::containing(timeframe, ctime, policy.time_zone()).end()
+                    });
+                until = until.max(span_end).max(policy.one_step_ahead());
+            }
+            kept.keep_until = until;
+        }
+        // A parent outlives its children. Keys can say anything, cycles included: values only
+        // grow, so at most one pass per backup settles them.
+        for _ in 0..self.result.backups.len() {
+            let mut changed = false;
+            let children: Vec<(Uuid, Timestamp)> = self
+                .result
+                .backups
+                .values()
+                .filter_map(|kept| kept.send_parent.map(|parent| (parent, kept.keep_until)))
+                .collect();
+            for (parent, until) in children {
+                if let Some(kept) = self.result.backups.get_mut(&parent)
+                    && kept.keep_until < until
+                {
+                    kept.keep_until = until;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
         }
     }
 
@@ -760,6 +828,51 @@ mod tests {
             for chain in &resolution.broken_chains {
                 prop_assert!(!history.snapshots.iter().any(|s| s.uuid == chain.missing_parent));
                 prop_assert!(!history.backups.iter().any(|b| b.uuid == chain.missing_parent));
+            }
+        }
+
+        #[test]
+        fn keep_until_is_after_now_and_parents_outlive_children(history in arb_history()) {
+            let resolution = resolve(&history.snapshots, &history.backups, &history.policy);
+            for (uuid, kept) in &resolution.backups {
+                prop_assert!(kept.keep_until > history.policy.now(), "{uuid}: {kept:?}");
+                if let Some(parent) = kept.send_parent.and_then(|p| resolution.backups.get(&p)) {
+                    prop_assert!(parent.keep_until >= kept.keep_until, "{uuid}: {kept:?} {parent:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn before_keep_until_the_policy_still_keeps_the_backup(
+            history in arb_history(),
+            fractions in proptest::collection::vec(0.0f64..1.0, 3),
+        ) {
+            let first = resolve(&history.snapshots, &history.backups, &history.policy);
+            let now = history.policy.now().as_second();
+            for (uuid, kept) in &first.backups {
+                let until = kept.keep_until.as_second().min(now + 20 * 366 * 86_400);
+                let mut instants: Vec<i64> = fractions
+                    .iter()
+                    .map(|f| {
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+                        let offset = ((until - now) as f64 * f) as i64;
+                        now + offset
+                    })
+                    .collect();
+                instants.push(until - 1);
+                for instant in instants {
+                    let later = Policy::new(
+                        *history.policy.params(),
+                        history.policy.time_zone().clone(),
+                        Timestamp::from_second(instant).unwrap(),
+                    );
+                    let again = resolve(&history.snapshots, &history.backups, &later);
+                    prop_assert!(
+                        again.backups.contains_key(uuid),
+                        "{uuid} kept until {} is dropped at {instant}",
+                        kept.keep_until
+                    );
+                }
             }
         }
 

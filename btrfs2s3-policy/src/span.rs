@@ -116,6 +116,33 @@ impl serde::Serialize for TimeSpan {
     }
 }
 
+impl TimeSpan {
+    /// The start of the span of this timeframe `n` units after this one, stepping the wall
+    /// clock (`n` months after March is August 1st at midnight, resolved like every boundary);
+    /// the largest instant when that is beyond jiff's range.
+    pub(crate) fn start_of_nth_after(&self, n: u32, tz: &TimeZone) -> Timestamp {
+        let (floor, _) = civil_bounds(self.timeframe, tz.to_datetime(self.start));
+        civil_step(floor, self.timeframe, n).map_or(Timestamp::MAX, |dt| resolve(dt, tz))
+    }
+}
+
+/// `local` plus `n` units of `timeframe` on the wall clock, if that is within jiff's range.
+pub(crate) fn civil_step(local: DateTime, timeframe: Timeframe, n: u32) -> Option<DateTime> {
+    let n = i64::from(n);
+    let span = match timeframe {
+        Timeframe::Years => jiff::Span::new().try_years(n),
+        Timeframe::Quarters => jiff::Span::new().try_months(n * 3),
+        Timeframe::Months => jiff::Span::new().try_months(n),
+        Timeframe::Weeks => jiff::Span::new().try_days(n * 7),
+        Timeframe::Days => jiff::Span::new().try_days(n),
+        Timeframe::Hours => jiff::Span::new().try_hours(n),
+        Timeframe::Minutes => jiff::Span::new().try_minutes(n),
+        Timeframe::Seconds => jiff::Span::new().try_seconds(n),
+    }
+    .ok()?;
+    local.checked_add(span).ok()
+}
+
 /// The wall-clock start of the unit containing `local`, and the start of the next unit.
 fn civil_bounds(timeframe: Timeframe, local: DateTime) -> (DateTime, DateTime) {
     let date = local.date();
@@ -166,7 +193,7 @@ fn civil_bounds(timeframe: Timeframe, local: DateTime) -> (DateTime, DateTime) {
 /// Resolves a wall-clock time to an instant: a time in a DST gap moves forward by the gap, a
 /// time in a fold is its earlier occurrence. This is jiff's "compatible" disambiguation, and
 /// it is also what the Python tool (arrow + zoneinfo with `fold=0`) does.
-fn resolve(local: DateTime, tz: &TimeZone) -> Timestamp {
+pub(crate) fn resolve(local: DateTime, tz: &TimeZone) -> Timestamp {
     tz.to_ambiguous_timestamp(local)
         .compatible()
         .unwrap_or(if local.year() < 0 {
