@@ -1,7 +1,7 @@
 //! The integration-test environment, as `cargo xtask` describes it.
 //!
 //! `cargo xtask test` and `cargo xtask integration` create two loopback btrfs filesystems and
-//! start two S3 servers (moto and Garage), then run the tests with `BTRFS2S3_TEST_ENV` naming
+//! start three S3 servers (moto, Garage and SeaweedFS), then run the tests with `BTRFS2S3_TEST_ENV` naming
 //! a JSON file that describes them. Tests call [`TestEnv::get`]: without that variable (plain
 //! `cargo test`) it prints how to run them and returns `None`, and the test returns early.
 #![forbid(unsafe_code)]
@@ -33,7 +33,7 @@ pub struct TestEnv {
 /// One S3 server of the environment.
 #[derive(Debug, Clone, Deserialize)]
 pub struct S3Server {
-    /// `moto` or `garage`.
+    /// `moto`, `garage` or `seaweedfs`.
     pub name: String,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
@@ -47,6 +47,9 @@ pub struct S3Server {
     pub object_lock: bool,
     /// Whether the server reports storage classes.
     pub storage_classes: bool,
+    /// Whether archive classes (`DEEP_ARCHIVE`) need `RestoreObject` before a read.
+    #[serde(default)]
+    pub archive: bool,
     /// The certificate an HTTPS server uses (self-signed), if it uses HTTPS.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,

@@ -1,5 +1,5 @@
-//! The integration-test environment: two loopback btrfs filesystems and two S3 servers
-//! (moto and Garage) on free loopback ports, described to the tests by a JSON file named in
+//! The integration-test environment: two loopback btrfs filesystems and three S3 servers
+//! (moto, Garage and SeaweedFS) on free loopback ports, described to the tests by a JSON file named in
 //! `BTRFS2S3_TEST_ENV`. Everything is torn down when the `TestEnv` drops, including after a
 //! test failure, a panic or Ctrl-C.
 
@@ -60,10 +60,11 @@ impl TestEnv {
         let moto_tls = env.add_moto_tls()?;
         let moto = env.add_moto()?;
         let garage = env.add_garage()?;
+        let seaweedfs = env.add_seaweedfs()?;
         let description = serde_json::json!({
             "btrfs": btrfs,
             "btrfs_receive": btrfs_receive,
-            "s3": [moto.to_json(), garage.to_json()],
+            "s3": [moto.to_json(), garage.to_json(), seaweedfs.to_json()],
             "s3_tls": moto_tls.to_json(),
         });
         std::fs::write(&env.env_file, serde_json::to_vec_pretty(&description)?)?;
@@ -168,6 +169,16 @@ impl TestEnv {
     }
 
     fn spawn(&mut self, name: &str, command: &mut Command) -> Result<()> {
+        self.spawn_leaving(name, command, Vec::new())
+    }
+
+    /// Starts a server that leaves `leftovers` behind when killed (they are removed then).
+    fn spawn_leaving(
+        &mut self,
+        name: &str,
+        command: &mut Command,
+        leftovers: Vec<PathBuf>,
+    ) -> Result<()> {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = File::create(&log)?;
         let child = command
@@ -180,6 +191,7 @@ impl TestEnv {
             name: name.to_owned(),
             child,
             log,
+            leftovers,
         });
         Ok(())
     }
@@ -201,8 +213,121 @@ impl TestEnv {
             secret_access_key: "moto-test-secret".to_owned(),
             object_lock: true,
             storage_classes: true,
+            archive: true,
             ca_bundle: None,
         })
+    }
+
+    /// Starts SeaweedFS (master, volume, filer and S3 gateway in one process) with a key
+    /// that may do everything. Every port is given explicitly: the default gRPC ports are
+    /// the HTTP ports + 10000, which can collide.
+    pub fn add_seaweedfs(&mut self) -> Result<S3Endpoint> {
+        let weed = tools::ensure_seaweedfs()?;
+        let root = self.dir.path().join("seaweedfs");
+        std::fs::create_dir_all(root.join("data"))?;
+        let (key_id, secret) = ("seaweedfs-test-key", "seaweedfs-test-secret");
+        let identities = root.join("s3.json");
+        std::fs::write(
+            &identities,
+            serde_json::json!({"identities": [{
+                "name": "xtask",
+                "credentials": [{"accessKey": key_id, "secretKey": secret}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }]})
+            .to_string(),
+        )?;
+        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect::<Result<_>>()?;
+        let [
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            s3,
+            s3_grpc,
+        ] = ports[..]
+        else {
+            return Err("cannot find 8 free ports".into());
+        };
+        let port = |name: &str, port: u16| format!("-{name}={port}");
+        // It leaves sockets named after its parts and ports in /tmp when killed.
+        let leftovers = ports
+            .iter()
+            .flat_map(|port| {
+                ["master", "volume", "filer", "s3"]
+                    .into_iter()
+                    .flat_map(move |part| {
+                        [
+                            PathBuf::from(format!("/tmp/seaweedfs-{part}-{port}.sock")),
+                            PathBuf::from(format!("/tmp/seaweedfs-{part}-grpc-{port}.sock")),
+                        ]
+                    })
+            })
+            .collect();
+        self.spawn_leaving(
+            "seaweedfs",
+            Command::new(&weed)
+                .arg("server")
+                .arg(format!("-dir={}", root.join("data").display()))
+                .args(["-ip=127.0.0.1", "-filer", "-s3", "-s3.iam=false"])
+                .args(["-master.volumeSizeLimitMB=64", "-volume.max=1000"])
+                .args([
+                    port("master.port", master),
+                    port("master.port.grpc", master_grpc),
+                    port("volume.port", volume),
+                    port("volume.port.grpc", volume_grpc),
+                    port("filer.port", filer),
+                    port("filer.port.grpc", filer_grpc),
+                    port("s3.port", s3),
+                    port("s3.port.grpc", s3_grpc),
+                ])
+                .arg(format!("-s3.config={}", identities.display()))
+                // One copy per new volume, so many buckets fit (each is a collection).
+                .env("WEED_MASTER_VOLUME_GROWTH_COPY_1", "1"),
+            leftovers,
+        )?;
+        self.wait_for_port(s3)?;
+        self.wait_for_health(&format!("127.0.0.1:{s3}"))?;
+        Ok(S3Endpoint {
+            name: "seaweedfs",
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            region: "us-east-1",
+            access_key_id: key_id.to_owned(),
+            secret_access_key: secret.to_owned(),
+            object_lock: true,
+            storage_classes: true,
+            archive: false,
+            ca_bundle: None,
+        })
+    }
+
+    /// Waits until `GET /healthz` at `address` answers 200 (the S3 gateway of SeaweedFS
+    /// listens before its filer is ready).
+    fn wait_for_health(&mut self, address: &str) -> Result<()> {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_interrupted()?;
+            let answer = TcpStream::connect(address).and_then(|mut stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                stream.write_all(
+                    format!("GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes(),
+                )?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok(answer)
+            });
+            if answer.is_ok_and(|answer| {
+                answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+            }) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{address} is not healthy after 60 s").into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Starts moto behind HTTPS with a certificate of a test CA, for the `verify` settings.
@@ -288,6 +413,7 @@ impl TestEnv {
             secret_access_key: "moto-test-secret".to_owned(),
             object_lock: true,
             storage_classes: true,
+            archive: true,
             ca_bundle: Some(ca),
         })
     }
@@ -352,6 +478,7 @@ admin_token = "xtask-admin-token"
             secret_access_key: secret,
             object_lock: false,
             storage_classes: false,
+            archive: false,
             ca_bundle: None,
         })
     }
@@ -366,6 +493,8 @@ pub struct S3Endpoint {
     pub secret_access_key: String,
     pub object_lock: bool,
     pub storage_classes: bool,
+    /// Whether archive classes (`DEEP_ARCHIVE`) need `RestoreObject` before a read.
+    pub archive: bool,
     pub ca_bundle: Option<PathBuf>,
 }
 
@@ -379,6 +508,7 @@ impl S3Endpoint {
             "secret_access_key": self.secret_access_key,
             "object_lock": self.object_lock,
             "storage_classes": self.storage_classes,
+            "archive": self.archive,
             "ca_bundle": self.ca_bundle,
         })
     }
@@ -402,12 +532,17 @@ struct Server {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Files it leaves behind when killed.
+    leftovers: Vec<PathBuf>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for leftover in &self.leftovers {
+            let _ = std::fs::remove_file(leftover);
+        }
     }
 }
 

