@@ -266,6 +266,40 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
+/// Remembers the `Date` header of the last response: the server's clock.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerDate(Arc<std::sync::Mutex<Option<String>>>);
+
+impl ServerDate {
+    /// The server's time, if it said it in a form we read (RFC 2822, as HTTP dates are).
+    pub(crate) fn get(&self) -> Option<jiff::Timestamp> {
+        let text = self.0.lock().ok()?.clone()?;
+        jiff::fmt::rfc2822::parse(&text)
+            .ok()
+            .map(|zoned| zoned.timestamp())
+    }
+}
+
+impl Intercept for ServerDate {
+    fn name(&self) -> &'static str {
+        "ServerDate"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let (Some(date), Ok(mut slot)) =
+            (context.response().headers().get("date"), self.0.lock())
+        {
+            *slot = Some(date.to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// Counts the attempts of one request (installed per operation with `customize()`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AttemptCounter(Arc<AtomicU32>);

@@ -5,12 +5,15 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod error;
 mod key;
 mod remote;
+mod retention;
 mod tls;
 mod upload;
 
+pub use archive::{Availability, RestoreTier, needs_restore};
 pub use error::{DeleteFailure, Error, RequestError};
 pub use key::{BackupMeta, KeyError, format_ctime};
 pub use remote::{

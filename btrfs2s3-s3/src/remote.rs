@@ -10,7 +10,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_sdk_s3::types::ObjectIdentifier;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use snafu::ResultExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BackupMeta;
 use crate::error::{
-    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, DeleteFailure, Error, RequestError,
+    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, Error, RequestError, ServerDate,
     WriteDownloadSnafu,
 };
 
@@ -164,6 +164,8 @@ pub struct Listing {
     pub foreign: Vec<ListedObject>,
     /// How many `ListObjectsV2` pages were read.
     pub pages: u32,
+    /// The server's clock at the listing (its `Date` header), if it said.
+    pub server_time: Option<jiff::Timestamp>,
 }
 
 /// A connection to one bucket.
@@ -314,6 +316,7 @@ impl Remote {
     pub async fn list(&self) -> Result<Listing, Error> {
         let mut listing = Listing::default();
         let mut continuation: Option<String> = None;
+        let server_date = ServerDate::default();
         loop {
             let counter = AttemptCounter::default();
             let page = self
@@ -324,6 +327,7 @@ impl Remote {
                 .set_continuation_token(continuation.take())
                 .customize()
                 .interceptor(counter.clone())
+                .interceptor(server_date.clone())
                 .send()
                 .await
                 .map_err(|e| self.request_error("list objects", None, &counter, &e))?;
@@ -351,7 +355,10 @@ impl Remote {
                 Some(token) if page.is_truncated() == Some(true) => {
                     continuation = Some(token.to_owned());
                 }
-                _ => return Ok(listing),
+                _ => {
+                    listing.server_time = server_date.get();
+                    return Ok(listing);
+                }
             }
         }
     }
@@ -446,69 +453,35 @@ impl Remote {
     }
 
     /// Deletes `keys` with `DeleteObjects`, at most 1000 per call, and checks that the server
-    /// confirms every one. Keys it reports as failed, or does not confirm, make the error.
+    /// confirms every one. Keys it reports as failed, or does not confirm, make the error. In
+    /// a versioned bucket this leaves delete markers: use [`Remote::delete_all_versions`].
     pub async fn delete<K: AsRef<str> + Sync>(&self, keys: &[K]) -> Result<(), Error> {
-        let mut failures = Vec::new();
-        for batch in keys.chunks(1000) {
-            let objects = batch
-                .iter()
-                .map(|key| ObjectIdentifier::builder().key(key.as_ref()).build())
-                .collect::<Result<Vec<_>, _>>()
-                .context(BuildRequestSnafu {
-                    operation: "delete objects",
-                    bucket: &self.bucket,
-                })?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(false)
-                .build()
-                .context(BuildRequestSnafu {
-                    operation: "delete objects",
-                    bucket: &self.bucket,
-                })?;
-            let counter = AttemptCounter::default();
-            let response = self
-                .client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(delete)
-                .customize()
-                .interceptor(counter.clone())
-                .send()
-                .await
-                .map_err(|e| self.request_error("delete objects", None, &counter, &e))?;
-            let deleted: std::collections::HashSet<&str> =
-                response.deleted().iter().filter_map(|d| d.key()).collect();
-            let mut reported: std::collections::HashSet<&str> = std::collections::HashSet::new();
-            for error in response.errors() {
-                let key = error.key().unwrap_or("?");
-                reported.insert(key);
-                failures.push(DeleteFailure {
-                    key: key.to_owned(),
-                    reason: format!(
-                        "{} ({})",
-                        error.code().unwrap_or("error"),
-                        error.message().unwrap_or("no message")
-                    ),
-                });
-            }
-            for key in batch.iter().map(AsRef::as_ref) {
-                if !deleted.contains(key) && !reported.contains(key) {
-                    failures.push(DeleteFailure {
-                        key: key.to_owned(),
-                        reason: "not confirmed by the server".to_owned(),
-                    });
-                }
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::DeleteFailed {
-                bucket: self.bucket.clone(),
-                failures,
-            })
-        }
+        let identifiers = keys
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key.as_ref()).build())
+            .collect::<Result<Vec<_>, _>>()
+            .context(BuildRequestSnafu {
+                operation: "delete objects",
+                bucket: &self.bucket,
+            })?;
+        self.delete_identifiers(identifiers).await
+    }
+
+    /// The metadata of `key` (`HeadObject`).
+    pub(crate) async fn head(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, Error> {
+        let counter = AttemptCounter::default();
+        self.client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .customize()
+            .interceptor(counter.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_error("read the metadata", Some(key), &counter, &e))
     }
 }
 

@@ -51,6 +51,15 @@ pub enum LockMode {
     Compliance,
 }
 
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        })
+    }
+}
+
 /// An additional checksum the server verifies and stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -318,66 +327,12 @@ impl Remote {
     /// when the server ignored it on upload (moto does for multipart uploads). A backup the
     /// user believes immutable must be immutable: a server that cannot do it is an error.
     async fn ensure_retention(&self, key: &str, lock: ObjectLock) -> Result<(), Error> {
-        let retained = |head: &aws_sdk_s3::operation::head_object::HeadObjectOutput| {
-            head.object_lock_mode() == Some(&lock_mode(lock.mode))
-                && head
-                    .object_lock_retain_until_date()
-                    .map(aws_sdk_s3::primitives::DateTime::secs)
-                    >= Some(lock.retain_until.as_second())
-        };
-        let head = self.head(key).await?;
-        if retained(&head) {
-            return Ok(());
+        match self.retention(key).await? {
+            Some(kept) if kept.mode == lock.mode && kept.retain_until >= lock.retain_until => {
+                Ok(())
+            }
+            _ => self.extend_retention(key, lock).await,
         }
-        let counter = AttemptCounter::default();
-        self.client
-            .put_object_retention()
-            .bucket(&self.bucket)
-            .key(key)
-            .retention(
-                aws_sdk_s3::types::ObjectLockRetention::builder()
-                    .mode(match lock.mode {
-                        LockMode::Governance => {
-                            aws_sdk_s3::types::ObjectLockRetentionMode::Governance
-                        }
-                        LockMode::Compliance => {
-                            aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
-                        }
-                    })
-                    .retain_until_date(date_time(lock.retain_until))
-                    .build(),
-            )
-            .customize()
-            .interceptor(counter.clone())
-            .send()
-            .await
-            .map_err(|e| {
-                self.request_error("set the object-lock retention", Some(key), &counter, &e)
-            })?;
-        if retained(&self.head(key).await?) {
-            Ok(())
-        } else {
-            Err(Error::RetentionNotKept {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-            })
-        }
-    }
-
-    async fn head(
-        &self,
-        key: &str,
-    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, Error> {
-        let counter = AttemptCounter::default();
-        self.client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .customize()
-            .interceptor(counter.clone())
-            .send()
-            .await
-            .map_err(|e| self.request_error("read the metadata", Some(key), &counter, &e))
     }
 
     fn part_size(&self, index: usize) -> u64 {
@@ -604,7 +559,7 @@ fn lock_mode(mode: LockMode) -> ObjectLockMode {
     }
 }
 
-fn date_time(instant: Timestamp) -> aws_sdk_s3::primitives::DateTime {
+pub(crate) fn date_time(instant: Timestamp) -> aws_sdk_s3::primitives::DateTime {
     aws_sdk_s3::primitives::DateTime::from_secs(instant.as_second())
 }
 
