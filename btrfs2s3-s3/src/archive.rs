@@ -56,6 +56,18 @@ impl RestoreTier {
     }
 }
 
+/// What a restore request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// A restore was started (or, for a restored object, its copy kept longer).
+    Requested,
+    /// A restore was under way already.
+    InProgress,
+    /// The server does not archive (its storage classes are labels, like SeaweedFS's): the
+    /// object can be read as it is.
+    NotNeeded,
+}
+
 /// Whether objects of `class` need a restore request before they can be read.
 #[must_use]
 pub fn needs_restore(class: Option<&str>) -> bool {
@@ -78,13 +90,14 @@ impl Remote {
     }
 
     /// Asks for a temporary copy of archived `key`, readable for `days` (`RestoreObject`). A
-    /// restore already under way is not an error.
+    /// restore already under way is not an error, and neither is a server that does not
+    /// archive at all.
     pub async fn request_restore(
         &self,
         key: &str,
         tier: RestoreTier,
         days: u32,
-    ) -> Result<(), Error> {
+    ) -> Result<Restore, Error> {
         let tier = match tier {
             RestoreTier::Bulk => Tier::Bulk,
             RestoreTier::Standard => Tier::Standard,
@@ -114,9 +127,12 @@ impl Remote {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(error) if error.code() == Some("RestoreAlreadyInProgress") => Ok(()),
-            Err(error) => Err(self.request_error("request a restore", Some(key), &counter, &error)),
+            Ok(_) => Ok(Restore::Requested),
+            Err(error) => match error.code() {
+                Some("RestoreAlreadyInProgress") => Ok(Restore::InProgress),
+                Some("MethodNotAllowed" | "NotImplemented") => Ok(Restore::NotNeeded),
+                _ => Err(self.request_error("request a restore", Some(key), &counter, &error)),
+            },
         }
     }
 }

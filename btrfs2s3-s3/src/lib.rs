@@ -13,7 +13,7 @@ mod retention;
 mod tls;
 mod upload;
 
-pub use archive::{Availability, RestoreTier, needs_restore};
+pub use archive::{Availability, Restore, RestoreTier, needs_restore};
 pub use error::{DeleteFailure, Error, RequestError};
 pub use key::{BackupMeta, KeyError, format_ctime};
 pub use remote::{

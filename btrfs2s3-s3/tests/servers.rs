@@ -1,4 +1,5 @@
-//! The S3 operations against real servers (moto and Garage, started by `cargo xtask`).
+//! The S3 operations against real servers (moto, Garage and SeaweedFS, started by
+//! `cargo xtask`).
 // Tests fail by panicking, helpers included.
 #![allow(clippy::unwrap_used)]
 
@@ -7,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use btrfs2s3_s3::{
-    BackupMeta, Error, LockMode, ObjectLock, Remote, RemoteConfig, Secret, UploadOptions,
-    UploadSettings, Verify,
+    Availability, BackupMeta, Error, LockMode, ObjectLock, Remote, RemoteConfig, Restore,
+    RestoreTier, Secret, UploadOptions, UploadSettings, Verify,
 };
 use btrfs2s3_tests::{S3Server, TestEnv, unique_name};
 use jiff::Timestamp;
@@ -635,4 +636,179 @@ async fn verify_checks_certificates_unless_told_otherwise() {
     };
     let message = report(&Remote::connect(&config).await.unwrap_err());
     assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+}
+
+/// A lock until `seconds` from now.
+fn lock_in(mode: LockMode, seconds: i64) -> ObjectLock {
+    ObjectLock {
+        mode,
+        retain_until: Timestamp::from_second(Timestamp::now().as_second() + seconds).unwrap(),
+    }
+}
+
+async fn put(remote: &Remote, key: &str, options: &UploadOptions) {
+    remote
+        .upload(key, &mut &b"backup"[..], options, &no_progress)
+        .await
+        .unwrap_or_else(|e| panic!("{}: upload {key}: {}", remote.bucket(), report(&e)));
+}
+
+#[tokio::test]
+async fn object_lock_is_detected_read_and_extended_where_the_server_has_it() {
+    for server in servers("object_lock_is_detected_read_and_extended_where_the_server_has_it") {
+        let plain = new_bucket(server, false).await;
+        assert!(
+            !plain.object_lock_enabled().await.unwrap(),
+            "{}",
+            server.name
+        );
+        assert!(!plain.versioned().await.unwrap(), "{}", server.name);
+        put(&plain, "unlocked", &UploadOptions::default()).await;
+        assert_eq!(plain.retention("unlocked").await.unwrap(), None);
+        if !server.object_lock {
+            // Asking anyway fails, naming what was asked.
+            let error = plain
+                .extend_retention("unlocked", lock_in(LockMode::Governance, 60))
+                .await
+                .unwrap_err();
+            assert!(
+                report(&error).contains("object-lock retention"),
+                "{}: {}",
+                server.name,
+                report(&error)
+            );
+            continue;
+        }
+        let locked = new_bucket(server, true).await;
+        assert!(
+            locked.object_lock_enabled().await.unwrap(),
+            "{}",
+            server.name
+        );
+        assert!(locked.versioned().await.unwrap(), "{}", server.name);
+        let first = lock_in(LockMode::Governance, 3600);
+        let options = UploadOptions {
+            object_lock: Some(first),
+            ..UploadOptions::default()
+        };
+        put(&locked, "a", &options).await;
+        put(&locked, "b", &UploadOptions::default()).await;
+        let found = locked.retentions(&["a", "b"]).await.unwrap();
+        assert_eq!(found, [Some(first), None], "{}", server.name);
+        // Extended; the server keeps the later date.
+        let later = lock_in(LockMode::Governance, 7200);
+        locked.extend_retention("a", later).await.unwrap();
+        assert_eq!(
+            locked.retention("a").await.unwrap(),
+            Some(later),
+            "{}",
+            server.name
+        );
+        // Locked versions cannot be deleted, and the error names them.
+        let error = locked.delete_all_versions(&["a"]).await.unwrap_err();
+        let Error::DeleteFailed { failures, .. } = &error else {
+            panic!("{}: {}", server.name, report(&error))
+        };
+        assert_eq!(failures.len(), 1, "{}: {failures:?}", server.name);
+        assert!(failures[0].key.starts_with("a (version "), "{failures:?}");
+        assert!(locked.retention("a").await.unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn deleting_all_versions_leaves_no_version_and_no_delete_marker() {
+    for server in servers("deleting_all_versions_leaves_no_version_and_no_delete_marker") {
+        if !server.object_lock {
+            continue;
+        }
+        // A versioned bucket (object lock implies versions) with two versions of one key.
+        let bucket = new_bucket(server, true).await;
+        for _ in 0..2 {
+            put(&bucket, "twice", &UploadOptions::default()).await;
+        }
+        put(&bucket, "other", &UploadOptions::default()).await;
+        bucket.delete_all_versions(&["twice"]).await.unwrap();
+        let versions = bucket
+            .sdk_client()
+            .list_object_versions()
+            .bucket(bucket.bucket())
+            .send()
+            .await
+            .unwrap();
+        let keys: Vec<&str> = versions
+            .versions()
+            .iter()
+            .filter_map(|v| v.key())
+            .chain(versions.delete_markers().iter().filter_map(|m| m.key()))
+            .collect();
+        assert_eq!(keys, ["other"], "{}", server.name);
+    }
+}
+
+#[tokio::test]
+async fn archived_objects_are_restored_before_they_are_read() {
+    for server in servers("archived_objects_are_restored_before_they_are_read") {
+        if !server.storage_classes {
+            continue;
+        }
+        let remote = new_bucket(server, false).await;
+        let options = UploadOptions {
+            storage_class: Some("DEEP_ARCHIVE".to_owned()),
+            ..UploadOptions::default()
+        };
+        put(&remote, "deep", &options).await;
+        put(
+            &remote,
+            "ir",
+            &UploadOptions {
+                storage_class: Some("GLACIER_IR".to_owned()),
+                ..UploadOptions::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            remote.availability("ir").await.unwrap(),
+            Availability::Readable
+        );
+        let before = remote.availability("deep").await.unwrap();
+        assert_eq!(before, Availability::Archived, "{}", server.name);
+        let requested = remote
+            .request_restore("deep", RestoreTier::Standard, 1)
+            .await
+            .unwrap();
+        if server.archive {
+            assert_eq!(requested, Restore::Requested, "{}", server.name);
+            // moto finishes a restore at once; asking again is not an error.
+            assert_eq!(
+                remote.availability("deep").await.unwrap(),
+                Availability::Restored
+            );
+            remote
+                .request_restore("deep", RestoreTier::Standard, 1)
+                .await
+                .unwrap();
+        } else {
+            // The server does not archive: the class is a label, the object is readable.
+            assert_eq!(requested, Restore::NotNeeded, "{}", server.name);
+        }
+        let mut read = Vec::new();
+        remote
+            .download("deep", &mut read, &no_progress)
+            .await
+            .unwrap();
+        assert_eq!(read, b"backup");
+    }
+}
+
+#[tokio::test]
+async fn the_listing_tells_the_servers_clock() {
+    for server in servers("the_listing_tells_the_servers_clock") {
+        let remote = new_bucket(server, false).await;
+        let listing = remote.list().await.unwrap();
+        let server_time = listing
+            .server_time
+            .unwrap_or_else(|| panic!("{}: no Date header", server.name));
+        let skew = (server_time.as_second() - Timestamp::now().as_second()).abs();
+        assert!(skew < 60, "{}: {server_time}", server.name);
+    }
 }
