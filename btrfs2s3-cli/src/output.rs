@@ -125,6 +125,12 @@ pub fn write_plan(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
         write_backup_tree(&backups, out)?;
     }
 
+    for remote in &plan.locks_off {
+        writeln!(
+            out,
+            "\nnote: the bucket of remote {remote} has Object Lock enabled, but the config sets no object_lock: new backups get the bucket's default retention, if any"
+        )?;
+    }
     if plan.actions.is_empty() {
         writeln!(out, "\nactions: none")?;
     } else {
@@ -156,13 +162,17 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
             {
                 name.push_str(" (send parent missing: broken chain)");
             }
-            let keep = match &backup.keep {
-                None => "not kept: delete".to_owned(),
-                Some(keep) if keep.flags.contains(Flags::NEW) => {
+            let keep = match (&backup.keep, backup.held_until) {
+                (None, Some(until)) => format!("not kept: stays until {until} (locked)"),
+                (None, None) => "not kept: delete".to_owned(),
+                (Some(keep), _) if keep.flags.contains(Flags::NEW) => {
                     format!("new: {}", keep.describe())
                 }
-                Some(keep) => keep.describe(),
+                (Some(keep), _) => keep.describe(),
             };
+            let lock = backup.lock.map_or_else(String::new, |lock| {
+                format!("locked until {}", lock.retain_until)
+            });
             let size = backup.size.map_or_else(|| "-".to_owned(), bytes);
             row(&[
                 marker,
@@ -170,6 +180,7 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
                 &keep,
                 &size,
                 backup.storage_class.as_deref().unwrap_or_default(),
+                &lock,
             ]);
         }
     })
@@ -223,6 +234,10 @@ pub fn describe_action(action: &Action) -> String {
                 spec.key
             )
         }
+        Action::ExtendLock(extend) => format!(
+            "lock     {}: {} until {} ({})",
+            extend.remote, extend.key, extend.lock.retain_until, extend.lock.mode
+        ),
         Action::Destroy(destroy) => format!(
             "destroy  {}",
             destroy
@@ -274,6 +289,9 @@ mod tests {
             size: Some(1 << 20),
             storage_class: None,
             new: false,
+            keep_until: None,
+            lock: None,
+            held_until: None,
             keep: kept.then(|| KeepSummary {
                 reasons: Reasons::PRESERVED,
                 flags: Flags::default(),
@@ -290,6 +308,7 @@ mod tests {
             backups,
             foreign_objects: BTreeMap::new(),
             broken_chains: Vec::new(),
+            locks_off: Vec::new(),
             actions: Vec::new(),
         }
     }

@@ -380,6 +380,7 @@ mod tests {
             meta,
             size: 10,
             storage_class: None,
+            retention: None,
         }
     }
 

@@ -7,11 +7,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use btrfs2s3_policy::Params;
-use btrfs2s3_s3::{RemoteConfig, Secret, UploadSettings, Verify};
+use btrfs2s3_policy::{Params, Timeframe};
+use btrfs2s3_s3::{LockMode, RemoteConfig, Secret, UploadSettings, Verify};
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+
+use crate::storage::{LockSettings, StorageClasses};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct UploadConfig {
     pub preserve: Params,
     /// Commands the send stream is piped through, in order (run without a shell).
     pub pipe_through: Vec<Vec<String>>,
+    /// The storage classes of new backups (`storage_class:`); the bucket's default without.
+    pub storage_classes: Option<StorageClasses>,
 }
 
 /// A remote: an id and how to reach its bucket.
@@ -59,6 +63,8 @@ pub struct Remote {
     pub id: String,
     /// The bucket and connection settings.
     pub s3: RemoteConfig,
+    /// Object lock of new backups (`object_lock:`).
+    pub object_lock: Option<LockSettings>,
 }
 
 impl Config {
@@ -159,6 +165,58 @@ struct RawUpload {
     preserve: Spanned<String>,
     #[serde(default)]
     pipe_through: Option<Vec<Spanned<Vec<String>>>>,
+    // Our own optional keys.
+    #[serde(default)]
+    storage_class: Option<Spanned<RawStorageClass>>,
+    #[serde(default)]
+    min_days: Option<Spanned<BTreeMap<String, Spanned<u32>>>>,
+}
+
+/// `storage_class:`: one class, or a mapping from units to classes.
+enum RawStorageClass {
+    One(String),
+    ByUnit(BTreeMap<String, String>),
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum reads `y` as YAML 1.1's
+/// boolean, and the unit of years would never be a key.
+impl<'de> Deserialize<'de> for RawStorageClass {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expected;
+        impl<'de> serde::de::Visitor<'de> for Expected {
+            type Value = RawStorageClass;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a storage class, or a mapping from units (y, q, m, w, d, h, M, s) and `default` to storage classes",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, class: &str) -> Result<Self::Value, E> {
+                Ok(RawStorageClass::One(class.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut entries: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some((unit, class)) = entries.next_entry::<String, String>()? {
+                    map.insert(unit, class);
+                }
+                Ok(RawStorageClass::ByUnit(map))
+            }
+        }
+        deserializer.deserialize_any(Expected)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectLock {
+    mode: Spanned<String>,
+    #[serde(default)]
+    extra: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +241,8 @@ struct RawS3 {
     max_attempts: Option<Spanned<u32>>,
     #[serde(default)]
     timeout_seconds: Option<Spanned<u64>>,
+    #[serde(default)]
+    object_lock: Option<RawObjectLock>,
 }
 
 #[derive(Deserialize)]
@@ -402,9 +462,16 @@ fn parse_remotes(
                 format!("remotes: id: {id:?} is already the id of the remote on line {first_line}"),
             ));
         }
+        let object_lock = raw_remote
+            .s3
+            .object_lock
+            .as_ref()
+            .map(|lock| lock_settings(lock, at))
+            .transpose()?;
         remotes.push(Remote {
             id,
             s3: remote_config(raw_remote.s3, at)?,
+            object_lock,
         });
     }
 
@@ -488,10 +555,13 @@ fn parse_sources(
                 .parse()
                 .map_err(|e| at(&raw_upload.preserve.referenced, format!("preserve: {e}")))?;
             let pipe_through = parse_pipe_through(raw_upload.pipe_through.unwrap_or_default(), at)?;
+            let storage_classes =
+                storage_classes(raw_upload.storage_class, raw_upload.min_days, &preserve, at)?;
             uploads.push(UploadConfig {
                 remote_id: id,
                 preserve,
                 pipe_through,
+                storage_classes,
             });
         }
         sources.push(SourceConfig {
@@ -524,6 +594,152 @@ fn parse_pipe_through(
             Some(_) => Ok(command.value),
         })
         .collect()
+}
+
+/// Whether `class` looks like a storage class: `STANDARD_IA`, `GLACIER`...
+fn is_class_name(class: &str) -> bool {
+    class.starts_with(|c: char| c.is_ascii_uppercase())
+        && class
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `storage_class:` and `min_days:` of an upload entry.
+fn storage_classes(
+    raw: Option<Spanned<RawStorageClass>>,
+    raw_min_days: Option<Spanned<BTreeMap<String, Spanned<u32>>>>,
+    preserve: &Params,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<Option<StorageClasses>, ConfigError> {
+    let Some(raw) = raw else {
+        if let Some(min_days) = raw_min_days {
+            return Err(at(
+                &min_days.referenced,
+                "min_days: only applies with storage_class".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let bad_class = |class: &str| {
+        at(
+            &raw.referenced,
+            format!(
+                "storage_class: {class:?} is not a storage class (like STANDARD_IA or DEEP_ARCHIVE: capital letters, digits and _)"
+            ),
+        )
+    };
+    let mut classes = StorageClasses::default();
+    match raw.value {
+        RawStorageClass::One(class) => {
+            if !is_class_name(&class) {
+                return Err(bad_class(&class));
+            }
+            classes.default = Some(class);
+        }
+        RawStorageClass::ByUnit(map) => {
+            if map.is_empty() {
+                return Err(at(
+                    &raw.referenced,
+                    "storage_class: the mapping is empty".to_owned(),
+                ));
+            }
+            for (unit, class) in map {
+                if !is_class_name(&class) {
+                    return Err(bad_class(&class));
+                }
+                if unit == "default" {
+                    classes.default = Some(class);
+                    continue;
+                }
+                let mut chars = unit.chars();
+                let timeframe = match (chars.next(), chars.next()) {
+                    (Some(c), None) => Timeframe::ALL.into_iter().find(|t| t.unit() == c),
+                    _ => None,
+                };
+                let Some(timeframe) = timeframe else {
+                    return Err(at(
+                        &raw.referenced,
+                        format!(
+                            "storage_class: {unit:?} is not a unit (y, q, m, w, d, h, M, s) or `default`"
+                        ),
+                    ));
+                };
+                if preserve.count(timeframe) == 0 {
+                    return Err(at(
+                        &raw.referenced,
+                        format!(
+                            "storage_class: {unit}: the policy `{preserve}` keeps no {} backups",
+                            timeframe.adjective()
+                        ),
+                    ));
+                }
+                classes.by_timeframe.insert(timeframe, class);
+            }
+        }
+    }
+    for (class, days) in raw_min_days.map(|m| m.value).unwrap_or_default() {
+        if !is_class_name(&class) {
+            return Err(at(
+                &days.referenced,
+                format!("min_days: {class:?} is not a storage class"),
+            ));
+        }
+        if days.value > 3650 {
+            return Err(at(
+                &days.referenced,
+                format!("min_days: {class}: at most 3650 days"),
+            ));
+        }
+        classes.min_days.insert(class, days.value);
+    }
+    Ok(Some(classes))
+}
+
+/// `object_lock:` of a remote.
+fn lock_settings(
+    raw: &RawObjectLock,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<LockSettings, ConfigError> {
+    let mode = match raw.mode.value.to_ascii_uppercase().as_str() {
+        "GOVERNANCE" => LockMode::Governance,
+        "COMPLIANCE" => LockMode::Compliance,
+        _ => {
+            return Err(at(
+                &raw.mode.referenced,
+                format!(
+                    "object_lock: mode: {:?} is neither GOVERNANCE nor COMPLIANCE",
+                    raw.mode.value
+                ),
+            ));
+        }
+    };
+    let extra = match &raw.extra {
+        None => jiff::SignedDuration::ZERO,
+        Some(extra) => parse_margin(&extra.value).ok_or_else(|| {
+            at(
+                &extra.referenced,
+                format!(
+                    "object_lock: extra: {:?} is not a margin like 30d or 12h",
+                    extra.value
+                ),
+            )
+        })?,
+    };
+    Ok(LockSettings { mode, extra })
+}
+
+/// `<N>d` or `<N>h`, at most ten years.
+fn parse_margin(text: &str) -> Option<jiff::SignedDuration> {
+    let (number, hours_per_unit) = match text.as_bytes().last()? {
+        b'd' => (&text[..text.len() - 1], 24),
+        b'h' => (&text[..text.len() - 1], 1),
+        _ => return None,
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours = number.parse::<i64>().ok()?.checked_mul(hours_per_unit)?;
+    (hours <= 24 * 3660).then(|| jiff::SignedDuration::from_hours(hours))
 }
 
 fn remote_config(
@@ -693,10 +909,62 @@ remotes:
         ))
         .unwrap();
         let local = &config.remote("local").unwrap().s3;
+        assert_eq!(config.remote("local").unwrap().object_lock, None);
+        assert_eq!(config.sources[0].upload_to_remotes[0].storage_classes, None);
         assert_eq!(local.upload.part_size, 16 << 20);
         assert_eq!(local.upload.parts_in_flight, 2);
         assert_eq!(local.max_attempts, 3);
         assert_eq!(local.read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn storage_classes_and_object_lock() {
+        let text = PYTHON_CONFIG
+            .replace(
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        storage_class: {y: DEEP_ARCHIVE, m: GLACIER_IR, default: STANDARD_IA}\n        min_days: {GLACIER_IR: 91}\n",
+            )
+            .replace(
+                "        preserve: 7d\n",
+                "        preserve: 7d\n        storage_class: ONEZONE_IA\n",
+            )
+            .replace(
+                "      bucket: my-bucket\n",
+                "      bucket: my-bucket\n      object_lock:\n        mode: compliance\n        extra: 36h\n",
+            );
+        let config = parse(Path::new("c.yaml"), &text).unwrap();
+        let tiered = config.sources[0].upload_to_remotes[0]
+            .storage_classes
+            .as_ref()
+            .unwrap();
+        assert_eq!(tiered.by_timeframe[&Timeframe::Years], "DEEP_ARCHIVE");
+        assert_eq!(tiered.by_timeframe[&Timeframe::Months], "GLACIER_IR");
+        assert_eq!(tiered.default.as_deref(), Some("STANDARD_IA"));
+        assert_eq!(tiered.min_days("GLACIER_IR"), 91);
+        assert_eq!(
+            config.sources[1].upload_to_remotes[1].storage_classes,
+            Some(StorageClasses::one("ONEZONE_IA"))
+        );
+        assert_eq!(
+            config.remote("aws").unwrap().object_lock,
+            Some(LockSettings {
+                mode: LockMode::Compliance,
+                extra: jiff::SignedDuration::from_hours(36),
+            })
+        );
+        assert_eq!(parse_margin("0d"), Some(jiff::SignedDuration::ZERO));
+        for bad in [
+            "",
+            "d",
+            "1",
+            "1w",
+            "-1d",
+            "1.5d",
+            "99999999999999999999d",
+            "4000d",
+        ] {
+            assert_eq!(parse_margin(bad), None, "{bad:?}");
+        }
     }
 
     /// `PYTHON_CONFIG` with `from` replaced by `to` must fail at `line:column` with a message
@@ -730,6 +998,60 @@ remotes:
     #[allow(clippy::too_many_lines)] // a table of cases
     fn bad_configs_say_where_and_what() {
         let cases: &[Case] = &[
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        storage_class: standard\n",
+                Some((8, 24)),
+                "storage_class: \"standard\" is not a storage class",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        storage_class: {x: GLACIER}\n",
+                Some((8, 24)),
+                "storage_class: \"x\" is not a unit",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        storage_class: {w: GLACIER}\n",
+                Some((8, 24)),
+                "storage_class: w: the policy `1y 3m 30d 24h` keeps no weekly backups",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        storage_class: [GLACIER]\n",
+                Some((8, 9)),
+                "a storage class, or a mapping",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        min_days: {GLACIER: 5}\n",
+                Some((8, 19)),
+                "min_days: only applies with storage_class",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        storage_class: GLACIER\n        min_days: {GLACIER: 9999}\n",
+                Some((9, 29)),
+                "min_days: GLACIER: at most 3650 days",
+            ),
+            (
+                "      bucket: my-bucket\n",
+                "      bucket: my-bucket\n      object_lock:\n        mode: forever\n",
+                Some((23, 15)),
+                "object_lock: mode: \"forever\" is neither GOVERNANCE nor COMPLIANCE",
+            ),
+            (
+                "      bucket: my-bucket\n",
+                "      bucket: my-bucket\n      object_lock:\n        mode: GOVERNANCE\n        extra: 30 days\n",
+                Some((24, 16)),
+                "object_lock: extra: \"30 days\" is not a margin like 30d or 12h",
+            ),
+            (
+                "      bucket: my-bucket\n",
+                "      bucket: my-bucket\n      object_lock:\n        extra: 1d\n",
+                Some((23, 9)),
+                "missing field `mode`",
+            ),
             (
                 "timezone: America/Los_Angeles",
                 "timezone: Mars/Olympus",

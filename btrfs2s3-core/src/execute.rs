@@ -1,10 +1,11 @@
 //! The executor: runs a [`Plan`] through the narrow [`World`] interface (snapshots on disk,
-//! objects in buckets), in order — renames, uploads, destroys, deletes — and goes on after a
-//! failure with whatever does not depend on it.
+//! objects in buckets), in order — renames, uploads, lock extensions, destroys, deletes — and
+//! goes on after a failure with whatever does not depend on it.
 //!
 //! What depends on what:
 //! - an upload whose send parent is uploaded by the same plan waits for it; if that upload
-//!   fails, this one is skipped (its object would be a broken chain);
+//!   fails, this one is skipped (its object would be a broken chain); likewise when its send
+//!   parent's lock was to be extended first and was not (its lock would outlast the parent's);
 //! - deletes in a remote for a source are skipped when an upload of that source to that
 //!   remote failed: the backups the plan deletes may be the ones the failed upload replaces;
 //! - a snapshot an upload sends (or sends against) is destroyed only if that upload
@@ -23,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error_chain;
-use crate::plan::{Action, Delete, Destroy, Plan, Rename, SnapshotRef, Upload, UploadSpec};
+use crate::plan::{
+    Action, Delete, Destroy, ExtendLock, Plan, Rename, SnapshotRef, Upload, UploadSpec,
+};
 use crate::world::{World, WorldError};
 
 /// Hears about progress, for the user.
@@ -120,6 +123,13 @@ pub enum SkipReason {
         /// The remote.
         remote: String,
     },
+    /// The upload's send parent was to be locked as long as it first, and was not.
+    SendParentNotLocked {
+        /// The send parent's name.
+        parent: String,
+        /// The remote.
+        remote: String,
+    },
     /// A delete waits while an upload of the same source to the same remote fails: the
     /// backups it deletes may be the ones the failed upload was to replace.
     UploadFailed {
@@ -143,6 +153,10 @@ impl fmt::Display for SkipReason {
             SkipReason::SendParentNotUploaded { parent, remote } => write!(
                 f,
                 "its send parent {parent} was not uploaded to {remote} in this run"
+            ),
+            SkipReason::SendParentNotLocked { parent, remote } => write!(
+                f,
+                "the lock of its send parent {parent} in {remote} could not be extended to cover it"
             ),
             SkipReason::UploadFailed { remote } => write!(
                 f,
@@ -240,6 +254,7 @@ pub async fn execute<W: World>(
         missing_uploads: BTreeSet::new(),
         failed_pairs: BTreeSet::new(),
         unfinished_needs: BTreeSet::new(),
+        unlocked: BTreeSet::new(),
     };
     let mut deletes: BTreeMap<&str, Vec<(&Action, &Delete)>> = BTreeMap::new();
     for action in &plan.actions {
@@ -255,6 +270,7 @@ pub async fn execute<W: World>(
             Action::CreateSnapshot(_) => skipped(SkipReason::OnlyPlanned),
             Action::Rename(rename) => executor.rename(action, rename).await,
             Action::Upload(upload) => executor.upload(action, upload).await,
+            Action::ExtendLock(extend) => executor.extend_lock(action, extend).await,
             Action::Destroy(destroy) => executor.destroy(action, destroy).await,
             Action::Delete(delete) => {
                 // Deletes are batched per remote, after everything else.
@@ -294,6 +310,8 @@ struct Executor<'a, W> {
     failed_pairs: BTreeSet<(String, PathBuf)>,
     /// Snapshots that an upload which did not succeed sends or sends against.
     unfinished_needs: BTreeSet<Uuid>,
+    /// Backups whose lock could not be extended: (remote, snapshot uuid).
+    unlocked: BTreeSet<(String, Uuid)>,
 }
 
 impl<W: World> Executor<'_, W> {
@@ -329,14 +347,30 @@ impl<W: World> Executor<'_, W> {
         done_or_failed(result.map(|()| None))
     }
 
+    async fn extend_lock(&mut self, action: &Action, extend: &ExtendLock) -> ActionResult {
+        self.observer.started(action);
+        let result = done_or_failed(self.world.extend_lock(extend).await.map(|()| None));
+        if !matches!(result, ActionResult::Done { .. }) {
+            self.unlocked.insert((extend.remote.clone(), extend.uuid));
+        }
+        result
+    }
+
     async fn upload(&mut self, action: &Action, upload: &Upload) -> ActionResult {
         let spec = &upload.spec;
-        let parent_missing = spec.send_parent.as_ref().filter(|parent| {
-            self.missing_uploads
-                .contains(&(spec.remote.clone(), parent.uuid))
-        });
-        let result = if let Some(parent) = parent_missing {
+        let parent_of = |set: &BTreeSet<(String, Uuid)>| {
+            spec.send_parent
+                .as_ref()
+                .filter(|parent| set.contains(&(spec.remote.clone(), parent.uuid)))
+        };
+        let result = if let Some(parent) = parent_of(&self.missing_uploads) {
             skipped(SkipReason::SendParentNotUploaded {
+                parent: parent.name.clone(),
+                remote: spec.remote.clone(),
+            })
+        } else if let Some(parent) = parent_of(&self.unlocked) {
+            // Its lock would outlast its send parent's: a chain ransomware could break.
+            skipped(SkipReason::SendParentNotLocked {
                 parent: parent.name.clone(),
                 remote: spec.remote.clone(),
             })

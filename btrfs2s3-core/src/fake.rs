@@ -7,16 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use btrfs2s3_s3::BackupMeta;
+use btrfs2s3_s3::{BackupMeta, ObjectLock};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use uuid::Uuid;
 
 use crate::cancel::Cancel;
 use crate::plan::{
-    AbortUpload, Assessment, BackupState, Origin, RemoteState, SnapshotRef, SnapshotState,
-    SourceState, UploadSpec, UploadTarget,
+    AbortUpload, Assessment, BackupState, ExtendLock, Origin, RemoteState, SnapshotRef,
+    SnapshotState, SourceState, UploadSpec, UploadTarget,
 };
+use crate::storage::LockSettings;
 use crate::world::{World, WorldError};
 
 /// A source of the fake world.
@@ -57,6 +58,15 @@ pub struct FakeWorld {
     pub source_ctransid: Vec<u64>,
     /// The next subvolume id.
     pub next_id: u64,
+    /// The object lock of each remote that has one (its bucket has Object Lock enabled).
+    pub locks: BTreeMap<String, LockSettings>,
+    /// The retention of each locked object: (remote, key) → lock.
+    pub retentions: BTreeMap<(String, String), ObjectLock>,
+    /// The storage class each object was uploaded with: (remote, key) → class.
+    pub classes: BTreeMap<(String, String), String>,
+    /// Deletes of objects whose lock had not expired, and locks shortened (the bucket refuses
+    /// both; a correct planner never asks).
+    pub lock_violations: Vec<String>,
 }
 
 impl FakeWorld {
@@ -76,6 +86,10 @@ impl FakeWorld {
             interrupt_after: None,
             source_ctransid: Vec::new(),
             next_id: 1000,
+            locks: BTreeMap::new(),
+            retentions: BTreeMap::new(),
+            classes: BTreeMap::new(),
+            lock_violations: Vec::new(),
         }
     }
 
@@ -115,6 +129,7 @@ impl FakeWorld {
                     remote: (*remote).to_owned(),
                     preserve: preserve.parse().expect("a valid policy"),
                     pipe_through: Vec::new(),
+                    storage_classes: None,
                 }
             })
             .collect();
@@ -223,7 +238,11 @@ impl FakeWorld {
                             key: key.as_str().into(),
                             meta,
                             size: *size,
-                            storage_class: None,
+                            storage_class: self
+                                .classes
+                                .get(&(remote.clone(), key.clone()))
+                                .cloned(),
+                            retention: self.retentions.get(&(remote.clone(), key.clone())).copied(),
                         }),
                         Err(_) => foreign_objects += 1,
                     }
@@ -243,6 +262,8 @@ impl FakeWorld {
                             upload_id: upload_id.clone(),
                         })
                         .collect(),
+                    object_lock: self.locks.get(remote).copied(),
+                    lock_enabled: self.locks.contains_key(remote),
                 }
             })
             .collect();
@@ -348,9 +369,39 @@ impl World for FakeWorld {
             .entry(upload.remote.clone())
             .or_default()
             .insert(upload.key.to_string(), 100);
+        let id = (upload.remote.clone(), upload.key.to_string());
+        if let Some(lock) = upload.options.object_lock {
+            self.retentions.insert(id.clone(), lock);
+        }
+        if let Some(class) = &upload.options.storage_class {
+            self.classes.insert(id, class.clone());
+        }
         self.log
             .push(format!("upload {} {}", upload.remote, upload.snapshot.name));
         Ok(100)
+    }
+
+    async fn extend_lock(&mut self, extend: &ExtendLock) -> Result<(), WorldError> {
+        self.operate()?;
+        let id = (extend.remote.clone(), extend.key.to_string());
+        if !self
+            .objects
+            .get(&extend.remote)
+            .is_some_and(|o| o.contains_key(&*extend.key))
+        {
+            return Err(injected(&format!("no object {}", extend.key)));
+        }
+        if let Some(current) = self.retentions.get(&id)
+            && current.retain_until > extend.lock.retain_until
+        {
+            self.lock_violations
+                .push(format!("lock of {} shortened", extend.key));
+            return Err(injected("a lock cannot be shortened"));
+        }
+        self.retentions.insert(id, extend.lock);
+        self.log
+            .push(format!("lock {} {}", extend.remote, extend.key));
+        Ok(())
     }
 
     async fn abort_upload(&mut self, upload: &AbortUpload) -> Result<(), WorldError> {
@@ -375,6 +426,20 @@ impl World for FakeWorld {
 
     async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError> {
         self.operate()?;
+        for key in keys {
+            let id = (remote.to_owned(), key.to_string());
+            if let Some(lock) = self.retentions.get(&id)
+                && lock.retain_until > self.now
+            {
+                self.lock_violations.push(format!(
+                    "delete of {key} locked until {}",
+                    lock.retain_until
+                ));
+                return Err(injected(&format!("{key} is locked")));
+            }
+            self.retentions.remove(&id);
+            self.classes.remove(&id);
+        }
         let objects = self.objects.entry(remote.to_owned()).or_default();
         for key in keys {
             if objects.remove(&**key).is_none() {

@@ -23,6 +23,7 @@ pub mod restore;
 pub mod run;
 #[cfg(test)]
 mod safety;
+pub mod storage;
 pub mod tree;
 pub mod world;
 

@@ -4,19 +4,23 @@
 //! The same `Plan` value drives the printed preview, `--pretend`, `--json` and the executor,
 //! so what is shown is what is done.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use btrfs2s3_policy::{
-    BackupItem, BrokenChain, Flags, Item, Keep, Params, Policy, Reasons, resolve,
+    BackupItem, BrokenChain, Flags, Item, Keep, KeepBackup, Params, Policy, Reasons, TimeSpan,
+    resolve,
 };
 use btrfs2s3_s3::{BackupMeta, ListedBackup, UploadOptions, format_ctime};
+use btrfs2s3_s3::{LockMode, ObjectLock};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 use snafu::Snafu;
 use uuid::Uuid;
+
+use crate::storage::{LockSettings, StorageClasses};
 
 /// Everything the planner needs to know, gathered by [`crate::real::RealWorld::open`] (and
 /// the new snapshots of [`crate::run::cycle`]).
@@ -94,6 +98,8 @@ pub struct UploadTarget {
     pub preserve: Params,
     /// The commands the stream goes through.
     pub pipe_through: Vec<Vec<String>>,
+    /// The storage classes of new backups; the bucket's default without.
+    pub storage_classes: Option<StorageClasses>,
 }
 
 /// A bucket and the backups found in it.
@@ -111,6 +117,10 @@ pub struct RemoteState {
     pub pages: u32,
     /// Multipart uploads that were started and never completed or aborted.
     pub pending_uploads: Vec<PendingUpload>,
+    /// The config's object lock for new backups.
+    pub object_lock: Option<LockSettings>,
+    /// Whether the bucket has Object Lock enabled (then every backup's retention is read).
+    pub lock_enabled: bool,
 }
 
 /// A multipart upload left behind (by a crashed or killed run).
@@ -134,6 +144,9 @@ pub struct BackupState {
     pub size: u64,
     /// Its storage class, when the server says.
     pub storage_class: Option<String>,
+    /// Its object-lock retention, when the bucket has object lock (read for every backup of
+    /// such a bucket).
+    pub retention: Option<ObjectLock>,
 }
 
 /// Why and how something is kept, for output.
@@ -232,8 +245,15 @@ pub struct PlannedBackup {
     pub storage_class: Option<String>,
     /// Whether it is to be uploaded by this plan.
     pub new: bool,
-    /// Why it is kept; `None`: it is deleted.
+    /// Why it is kept; `None`: it is deleted (unless its lock forbids it yet).
     pub keep: Option<KeepSummary>,
+    /// Until when the policy keeps it, for kept backups.
+    pub keep_until: Option<Timestamp>,
+    /// Its object lock after this plan: the lock it has, or gets (on upload, or extended).
+    pub lock: Option<ObjectLock>,
+    /// For a backup the policy no longer keeps: until when it must stay all the same (its
+    /// lock, or the lock of a backup sent against it); it is deleted by a run after that.
+    pub held_until: Option<Timestamp>,
 }
 
 /// A snapshot as an action refers to it.
@@ -317,6 +337,21 @@ pub struct Upload {
     pub keep: KeepSummary,
 }
 
+/// Make a kept backup's object lock reach its keep-until (plus the config's margin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtendLock {
+    /// The remote.
+    pub remote: String,
+    /// The object key.
+    pub key: Arc<str>,
+    /// Its snapshot's uuid.
+    pub uuid: Uuid,
+    /// The lock it gets.
+    pub lock: ObjectLock,
+    /// Until when it is locked now, if it is.
+    pub from: Option<Timestamp>,
+}
+
 /// Destroy a snapshot no remote keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Destroy {
@@ -350,6 +385,8 @@ pub enum Action {
     /// Upload a new backup. (Boxed: a plan can hold a hundred thousand deletes, and every
     /// action is as large as the largest variant.)
     Upload(Box<Upload>),
+    /// Extend a kept backup's lock.
+    ExtendLock(ExtendLock),
     /// Destroy a snapshot.
     Destroy(Destroy),
     /// Delete a backup.
@@ -381,8 +418,12 @@ pub struct Plan {
     pub foreign_objects: BTreeMap<String, usize>,
     /// Kept backups whose send parent is gone: they cannot be restored.
     pub broken_chains: Vec<RemoteBrokenChain>,
-    /// The actions, in execution order: aborts of stale uploads, renames, uploads, destroys,
-    /// deletes.
+    /// Remotes whose bucket has Object Lock enabled but whose config sets no `object_lock`:
+    /// new backups get the bucket's default retention, if any.
+    pub locks_off: Vec<String>,
+    /// The actions, in execution order: aborts of stale uploads, renames, lock extensions
+    /// (a send parent is locked as long as its new child before the child exists), uploads,
+    /// destroys, deletes.
     pub actions: Vec<Action>,
 }
 
@@ -501,6 +542,7 @@ impl From<ListedBackup> for BackupState {
             meta: backup.meta,
             size: backup.object.size,
             storage_class: backup.object.storage_class,
+            retention: None,
         }
     }
 }
@@ -556,6 +598,7 @@ pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
         creates: Vec::new(),
         renames: Vec::new(),
         uploads: Vec::new(),
+        extensions: Vec::new(),
         destroys: Vec::new(),
         deletes: Vec::new(),
     };
@@ -587,6 +630,7 @@ struct Builder<'a> {
     creates: Vec<Action>,
     renames: Vec<Action>,
     uploads: Vec<Action>,
+    extensions: Vec<Action>,
     destroys: Vec<Action>,
     deletes: Vec<Action>,
 }
@@ -638,11 +682,46 @@ impl Builder<'_> {
                     chain: *chain,
                 }),
         );
-        // Existing backups: kept or deleted. Several keys may name one snapshot's backup
-        // (the same stream stored twice); they share its fate.
+        self.plan_existing(source, remote, &existing, &resolution)?;
+        // New backups: uploads. A send parent is the first snapshot of a span that contains
+        // its child, so it has a smaller ctransid: uploading in ctransid order uploads
+        // parents first.
+        let mut new_uploads = Vec::new();
+        for (uuid, kept) in resolution.backups.iter().filter(|(_, kept)| kept.is_new()) {
+            let find = |uuid: Uuid| {
+                source
+                    .snapshots
+                    .iter()
+                    .find(|snapshot| snapshot.uuid == uuid)
+                    .ok_or(Broken::NoSnapshot { uuid })
+            };
+            let snapshot = find(*uuid)?;
+            let send_parent = kept.send_parent.map(find).transpose()?;
+            new_uploads.push((
+                snapshot.ctransid,
+                self.upload(source, target, remote, snapshot, send_parent, kept),
+            ));
+        }
+        new_uploads.sort_by_key(|(ctransid, _)| *ctransid);
+        self.uploads
+            .extend(new_uploads.into_iter().map(|(_, action)| action));
+        Ok(())
+    }
+
+    /// The existing backups of one pair: kept, held, or deleted; locks extended.
+    fn plan_existing(
+        &mut self,
+        source: &SourceState,
+        remote: &RemoteState,
+        existing: &[&BackupState],
+        resolution: &btrfs2s3_policy::Resolution,
+    ) -> Result<(), PlanError> {
+        // Existing backups: kept, held, or deleted. Several keys may name one snapshot's
+        // backup (the same stream stored twice); they share its fate.
         self.backups
             .reserve(existing.len() + resolution.backups.len());
-        for backup in &existing {
+        let holds = Holds::new(existing, resolution, remote.object_lock, self.now);
+        for backup in existing {
             let keep = resolution.backups.get(&backup.meta.uuid);
             if keep.is_some_and(btrfs2s3_policy::KeepBackup::is_new) {
                 return Err(Broken::ExistingPlannedAsNew {
@@ -651,7 +730,23 @@ impl Builder<'_> {
                 .into());
             }
             let summary = keep.map(|kept| KeepSummary::new(&kept.keep, self.tz));
-            if summary.is_none() {
+            let keep_until = keep.map(|kept| kept.keep_until);
+            let hold = holds.until(backup.meta.uuid);
+            let lock = match (remote.object_lock, hold) {
+                (Some(settings), Some(until)) => self.extend_lock(
+                    remote,
+                    backup,
+                    ObjectLock {
+                        mode: settings.mode,
+                        retain_until: until,
+                    },
+                ),
+                _ => backup.retention,
+            };
+            // A backup the policy no longer keeps stays while it is locked, or while one that
+            // stays was sent against it; a later run deletes it.
+            let held_until = if summary.is_none() { hold } else { None };
+            if summary.is_none() && hold.is_none() {
                 self.deletes.push(Action::Delete(Delete {
                     remote: remote.id.clone(),
                     key: backup.key.clone(),
@@ -671,30 +766,11 @@ impl Builder<'_> {
                 storage_class: backup.storage_class.clone(),
                 new: false,
                 keep: summary,
+                keep_until,
+                lock,
+                held_until,
             });
         }
-        // New backups: uploads. A send parent is the first snapshot of a span that contains
-        // its child, so it has a smaller ctransid: uploading in ctransid order uploads
-        // parents first.
-        let mut new_uploads = Vec::new();
-        for (uuid, kept) in resolution.backups.iter().filter(|(_, kept)| kept.is_new()) {
-            let find = |uuid: Uuid| {
-                source
-                    .snapshots
-                    .iter()
-                    .find(|snapshot| snapshot.uuid == uuid)
-                    .ok_or(Broken::NoSnapshot { uuid })
-            };
-            let snapshot = find(*uuid)?;
-            let send_parent = kept.send_parent.map(find).transpose()?;
-            new_uploads.push((
-                snapshot.ctransid,
-                self.upload(source, target, remote, snapshot, send_parent, &kept.keep),
-            ));
-        }
-        new_uploads.sort_by_key(|(ctransid, _)| *ctransid);
-        self.uploads
-            .extend(new_uploads.into_iter().map(|(_, action)| action));
         Ok(())
     }
 
@@ -706,7 +782,7 @@ impl Builder<'_> {
         remote: &RemoteState,
         snapshot: &SnapshotState,
         send_parent: Option<&SnapshotState>,
-        keep: &Keep,
+        kept: &KeepBackup,
     ) -> Action {
         let meta = BackupMeta {
             uuid: snapshot.uuid,
@@ -716,7 +792,15 @@ impl Builder<'_> {
             ctime: Timestamp::from_second(snapshot.ctime.as_second()).unwrap_or(snapshot.ctime),
         };
         let key: Arc<str> = meta.key(&source.name, self.tz).into();
-        let summary = KeepSummary::new(keep, self.tz);
+        let summary = KeepSummary::new(&kept.keep, self.tz);
+        let storage_class = target.storage_classes.as_ref().map(|classes| {
+            let kept_for = kept.keep.time_spans.iter().map(TimeSpan::timeframe);
+            classes.choose(kept_for, kept.keep_until, self.now)
+        });
+        let object_lock = remote
+            .object_lock
+            .map(|settings| settings.lock_for(kept.keep_until))
+            .filter(|lock| lock.retain_until > self.now);
         self.backups.push(PlannedBackup {
             remote: remote.id.clone(),
             key: key.clone(),
@@ -726,9 +810,12 @@ impl Builder<'_> {
             ctime: format_ctime(snapshot.ctime, self.tz),
             ctransid: meta.ctransid,
             size: None,
-            storage_class: None,
+            storage_class: storage_class.clone(),
             new: true,
             keep: Some(summary.clone()),
+            keep_until: Some(kept.keep_until),
+            lock: object_lock,
+            held_until: None,
         });
         Action::Upload(Box::new(Upload {
             spec: UploadSpec {
@@ -738,10 +825,49 @@ impl Builder<'_> {
                 snapshot: snapshot_ref(source, snapshot),
                 send_parent: send_parent.map(|parent| snapshot_ref(source, parent)),
                 pipe_through: target.pipe_through.clone(),
-                options: UploadOptions::default(),
+                options: UploadOptions {
+                    storage_class,
+                    object_lock,
+                    checksum: None,
+                },
             },
             keep: summary,
         }))
+    }
+
+    /// Plans extending `backup`'s lock to `wanted` when it is locked less; returns the lock
+    /// it has after the plan. Locks only grow, and a compliance lock stays one (no one may
+    /// turn it into a governance lock).
+    fn extend_lock(
+        &mut self,
+        remote: &RemoteState,
+        backup: &BackupState,
+        wanted: ObjectLock,
+    ) -> Option<ObjectLock> {
+        let current = backup.retention;
+        if wanted.retain_until <= self.now
+            || current.is_some_and(|lock| lock.retain_until >= wanted.retain_until)
+        {
+            return current;
+        }
+        let lock = ObjectLock {
+            mode: match current {
+                Some(ObjectLock {
+                    mode: LockMode::Compliance,
+                    ..
+                }) => LockMode::Compliance,
+                _ => wanted.mode,
+            },
+            retain_until: wanted.retain_until,
+        };
+        self.extensions.push(Action::ExtendLock(ExtendLock {
+            remote: remote.id.clone(),
+            key: backup.key.clone(),
+            uuid: backup.meta.uuid,
+            lock,
+            from: current.map(|lock| lock.retain_until),
+        }));
+        Some(lock)
     }
 
     /// The snapshots of a source: kept ones get their canonical name, the rest are
@@ -806,6 +932,7 @@ impl Builder<'_> {
                 .into_iter()
                 .chain(self.creates)
                 .chain(self.renames)
+                .chain(self.extensions)
                 .chain(self.uploads)
                 .chain(self.destroys),
         );
@@ -816,8 +943,87 @@ impl Builder<'_> {
             backups: self.backups,
             foreign_objects,
             broken_chains: self.broken_chains,
+            locks_off: assessment
+                .remotes
+                .iter()
+                .filter(|remote| remote.lock_enabled && remote.object_lock.is_none())
+                .map(|remote| remote.id.clone())
+                .collect(),
             actions,
         })
+    }
+}
+
+/// Which existing backups of one (source, remote) pair stay, and until when they must be
+/// locked. A backup stays while the policy keeps it, while its own lock has not expired, and
+/// while a backup that stays was sent against it: deleting it would make that one useless,
+/// and a locked backup that ransomware cannot delete is only worth something with its whole
+/// chain. Locks follow the same rule: a send parent is locked at least as long as anything
+/// sent against it.
+struct Holds {
+    until: HashMap<Uuid, Timestamp>,
+}
+
+impl Holds {
+    fn new(
+        existing: &[&BackupState],
+        resolution: &btrfs2s3_policy::Resolution,
+        lock: Option<LockSettings>,
+        now: Timestamp,
+    ) -> Holds {
+        let mut until: HashMap<Uuid, Timestamp> = HashMap::new();
+        let mut hold = |uuid: Uuid, instant: Timestamp| {
+            let entry = until.entry(uuid).or_insert(instant);
+            *entry = (*entry).max(instant);
+        };
+        for (uuid, kept) in &resolution.backups {
+            // Kept backups stay regardless; with locks, until their lock runs out.
+            let instant = lock.map_or(Timestamp::MAX, |lock| {
+                lock.lock_for(kept.keep_until).retain_until
+            });
+            hold(*uuid, instant);
+        }
+        for backup in existing {
+            if let Some(retention) = backup.retention
+                && retention.retain_until > now
+            {
+                hold(backup.meta.uuid, retention.retain_until);
+            }
+        }
+        let mut parents: HashMap<Uuid, Uuid> = HashMap::new();
+        for backup in existing {
+            if let Some(parent) = backup.meta.send_parent_uuid {
+                parents.entry(backup.meta.uuid).or_insert(parent);
+            }
+        }
+        for (uuid, kept) in &resolution.backups {
+            if let Some(parent) = kept.send_parent {
+                parents.insert(*uuid, parent);
+            }
+        }
+        // Values only grow along finite chains; one pass per backup settles even cycles.
+        for _ in 0..=parents.len() {
+            let mut changed = false;
+            for (child, parent) in &parents {
+                let Some(&child_until) = until.get(child) else {
+                    continue;
+                };
+                let parent_until = until.entry(*parent).or_insert(child_until);
+                if *parent_until < child_until {
+                    *parent_until = child_until;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Holds { until }
+    }
+
+    /// Until when `uuid` must stay (and, with locks, be locked); `None`: it may go.
+    fn until(&self, uuid: Uuid) -> Option<Timestamp> {
+        self.until.get(&uuid).copied()
     }
 }
 
@@ -862,6 +1068,7 @@ fn check_invariants(deletes: &[Action], backups: &[PlannedBackup]) -> Result<(),
 mod tests {
     use super::*;
     use crate::fake::FakeWorld;
+    use btrfs2s3_s3::LockMode;
 
     /// The actions of the plan, one short line each.
     fn actions(world: &FakeWorld) -> Vec<String> {
@@ -881,6 +1088,9 @@ mod tests {
                         ),
                         None => format!("upload {} {} full", spec.remote, spec.snapshot.name),
                     }
+                }
+                Action::ExtendLock(extend) => {
+                    format!("lock {} until {}", extend.remote, extend.lock.retain_until)
                 }
                 Action::Destroy(destroy) => format!("destroy {}", destroy.snapshot.name),
                 Action::Delete(delete) => {
@@ -1074,5 +1284,199 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    fn locked(world: &mut FakeWorld, remote: &str, mode: LockMode, extra_hours: i64) {
+        world.locks.insert(
+            remote.to_owned(),
+            LockSettings {
+                mode,
+                extra: jiff::SignedDuration::from_hours(extra_hours),
+            },
+        );
+    }
+
+    fn backup(plan: &Plan, id: u64) -> &PlannedBackup {
+        plan.backups
+            .iter()
+            .find(|b| b.uuid.as_u128() >> 64 == u128::from(id))
+            .unwrap()
+    }
+
+    #[test]
+    fn new_backups_are_locked_until_their_keep_until_and_the_margin() {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y 1m")]);
+        locked(&mut world, "aws", LockMode::Governance, 24);
+        world.add_snapshot(0, "y", 1, "2026-01-02T10:00:00Z", 100);
+        world.add_snapshot(0, "m", 2, "2026-03-01T10:00:00Z", 200);
+        let plan = plan(&world.assessment()).unwrap();
+        let lock_of = |name: &str| {
+            plan.actions.iter().find_map(|action| match action {
+                Action::Upload(upload) if upload.spec.snapshot.name == name => {
+                    upload.spec.options.object_lock
+                }
+                _ => None,
+            })
+        };
+        // The yearly full is kept until 2027 begins; the monthly one until April begins, but
+        // it is the most recent, kept a month ahead of now, and the yearly outlives it.
+        let yearly = lock_of("y").unwrap();
+        assert_eq!(yearly.mode, LockMode::Governance);
+        assert_eq!(yearly.retain_until.to_string(), "2027-01-02T00:00:00Z");
+        assert_eq!(
+            lock_of("m").unwrap().retain_until.to_string(),
+            "2026-04-09T12:00:00Z"
+        );
+        assert_eq!(
+            backup(&plan, 2)
+                .keep_until
+                .map(|t| t.to_string())
+                .as_deref(),
+            Some("2026-04-08T12:00:00Z")
+        );
+    }
+
+    #[test]
+    fn locks_grow_with_keep_until_and_never_shrink_or_soften() {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "2y")]);
+        locked(&mut world, "aws", LockMode::Governance, 0);
+        world.add_snapshot(0, "a", 1, "2025-01-02T10:00:00Z", 100);
+        world.add_snapshot(0, "b", 2, "2026-01-02T10:00:00Z", 200);
+        let (key_a, key_b) = (
+            world.add_backup(0, "aws", 1, None),
+            world.add_backup(0, "aws", 2, None),
+        );
+        let lock = |mode, until: &str| ObjectLock {
+            mode,
+            retain_until: until.parse().unwrap(),
+        };
+        // a: compliance, too short; b: longer than the policy needs.
+        world.retentions.insert(
+            ("aws".to_owned(), key_a.clone()),
+            lock(LockMode::Compliance, "2026-06-01T00:00:00Z"),
+        );
+        world.retentions.insert(
+            ("aws".to_owned(), key_b.clone()),
+            lock(LockMode::Governance, "2030-01-01T00:00:00Z"),
+        );
+        let plan = plan(&world.assessment()).unwrap();
+        let extensions: Vec<&ExtendLock> = plan
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::ExtendLock(extend) => Some(extend),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(extensions.len(), 1, "{extensions:?}");
+        assert_eq!(&*extensions[0].key, key_a);
+        assert_eq!(extensions[0].lock.mode, LockMode::Compliance);
+        assert_eq!(
+            extensions[0].lock.retain_until.to_string(),
+            "2027-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            extensions[0].from.map(|t| t.to_string()).as_deref(),
+            Some("2026-06-01T00:00:00Z")
+        );
+        // The plan shows the locks as they will be.
+        assert_eq!(backup(&plan, 1).lock, Some(extensions[0].lock));
+        assert_eq!(
+            backup(&plan, 2)
+                .lock
+                .map(|l| l.retain_until.to_string())
+                .as_deref(),
+            Some("2030-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_locked_backup_outlives_the_policy_and_keeps_its_send_parent() {
+        let mut world = FakeWorld::new("UTC", "2027-06-10T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y")]);
+        locked(&mut world, "aws", LockMode::Governance, 0);
+        world.add_snapshot(0, "old", 1, "2026-01-02T10:00:00Z", 100);
+        world.add_snapshot(0, "mid", 2, "2026-05-02T10:00:00Z", 200);
+        world.add_snapshot(0, "new", 3, "2027-06-01T10:00:00Z", 300);
+        world.add_backup(0, "aws", 1, None);
+        let mid = world.add_backup(0, "aws", 2, Some(1));
+        world.add_backup(0, "aws", 3, None);
+        // 2026 is out of the policy, but the differential of May is locked until August,
+        // and it needs the full backup it was sent against.
+        world.retentions.insert(
+            ("aws".to_owned(), mid),
+            ObjectLock {
+                mode: LockMode::Governance,
+                retain_until: "2027-08-01T00:00:00Z".parse().unwrap(),
+            },
+        );
+        let first = plan(&world.assessment()).unwrap();
+        assert!(
+            !first.actions.iter().any(|a| matches!(a, Action::Delete(_))),
+            "{:?}",
+            first.actions
+        );
+        for id in [1, 2] {
+            let held = backup(&first, id);
+            assert!(held.keep.is_none());
+            assert_eq!(
+                held.held_until.map(|t| t.to_string()).as_deref(),
+                Some("2027-08-01T00:00:00Z"),
+                "{id}"
+            );
+        }
+        // The full backup's lock now covers its locked child.
+        assert!(first.actions.iter().any(|a| matches!(a,
+            Action::ExtendLock(extend) if extend.uuid == world.snapshot_uuid(1)
+                && extend.lock.retain_until.to_string() == "2027-08-01T00:00:00Z")));
+        // After August, both go.
+        world.now = "2027-08-02T00:00:00Z".parse().unwrap();
+        let later = plan(&world.assessment()).unwrap();
+        let deletes = later
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Delete(_)))
+            .count();
+        assert_eq!(deletes, 2, "{:?}", later.actions);
+    }
+
+    #[test]
+    fn new_backups_get_the_class_of_their_longest_timeframe_that_fits() {
+        let mut world = FakeWorld::new("UTC", "2026-12-10T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "2y 1m")]);
+        world.sources[0].uploads[0].storage_classes = Some(crate::storage::StorageClasses {
+            by_timeframe: [
+                (btrfs2s3_policy::Timeframe::Years, "DEEP_ARCHIVE".to_owned()),
+                (btrfs2s3_policy::Timeframe::Months, "GLACIER_IR".to_owned()),
+            ]
+            .into(),
+            default: Some("STANDARD_IA".to_owned()),
+            min_days: BTreeMap::new(),
+        });
+        world.add_snapshot(0, "y", 1, "2026-01-02T10:00:00Z", 100);
+        world.add_snapshot(0, "m", 2, "2026-12-01T10:00:00Z", 200);
+        let plan = plan(&world.assessment()).unwrap();
+        // Kept until 2028: Deep Archive. December's monthly is the most recent, kept a month
+        // ahead of now (31 days): too short for Glacier IR (90), long enough for the
+        // default, Standard-IA (30).
+        assert_eq!(
+            backup(&plan, 1).storage_class.as_deref(),
+            Some("DEEP_ARCHIVE")
+        );
+        assert_eq!(
+            backup(&plan, 2).storage_class.as_deref(),
+            Some("STANDARD_IA")
+        );
+        let classes: Vec<Option<&str>> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Upload(upload) => Some(upload.spec.options.storage_class.as_deref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(classes, [Some("DEEP_ARCHIVE"), Some("STANDARD_IA")]);
     }
 }

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::config::{Config, SourceConfig};
 use crate::plan::{
-    AbortUpload, Assessment, BackupState, Origin, RemoteState, SnapshotRef, SnapshotState,
-    SourceState, UploadSpec, UploadTarget,
+    AbortUpload, Assessment, BackupState, ExtendLock, Origin, RemoteState, SnapshotRef,
+    SnapshotState, SourceState, UploadSpec, UploadTarget,
 };
 use crate::world::{World, WorldError};
 
@@ -77,6 +77,29 @@ pub enum AssessError {
         /// Why.
         source: Box<btrfs2s3_s3::Error>,
     },
+    /// The config locks backups in a bucket without Object Lock.
+    #[snafu(display(
+        "remote {remote}: bucket {bucket} does not have Object Lock enabled (or its server does not support it), but the config sets object_lock; create a bucket with Object Lock enabled, or remove object_lock"
+    ))]
+    ObjectLockDisabled {
+        /// The remote's id.
+        remote: String,
+        /// Its bucket.
+        bucket: String,
+    },
+    /// The clocks of this machine and of a server whose backups get locks disagree.
+    #[snafu(display(
+        "remote {remote}: this machine's clock ({local}) and the server's ({server}) differ by {} s; a lock computed from a wrong clock is wrong for years, so nothing was uploaded: set the clock right (NTP)",
+        (local.as_second() - server.as_second()).abs()
+    ))]
+    ClockSkew {
+        /// The remote's id.
+        remote: String,
+        /// This machine's time.
+        local: Timestamp,
+        /// The server's time (its `Date` header).
+        server: Timestamp,
+    },
     /// The thread a blocking operation ran on ended without a result.
     #[snafu(display("a worker thread failed: {message}"))]
     Worker {
@@ -102,6 +125,7 @@ impl AssessError {
                 | AssessError::SnapshotDirectory { .. }
                 | AssessError::SameSource { .. }
                 | AssessError::SourceName { .. }
+                | AssessError::ObjectLockDisabled { .. }
         )
     }
 }
@@ -115,11 +139,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| error.to_string())
 }
 
+/// A remote the run connected to.
+struct Connected {
+    client: Remote,
+    /// Whether the bucket keeps versions, once known.
+    versioned: Option<bool>,
+}
+
 /// The real snapshots and buckets.
 pub struct RealWorld {
     sources: HashMap<PathBuf, Arc<Subvolume>>,
     dirs: HashMap<PathBuf, Arc<SnapshotDir>>,
-    remotes: HashMap<String, Remote>,
+    remotes: HashMap<String, Connected>,
     /// The snapshot directories' locks, held until the run ends.
     _locks: Vec<crate::lock::Lock>,
 }
@@ -151,7 +182,8 @@ impl RealWorld {
                 .context(LockedSnafu { path })?;
             locks.push(lock);
         }
-        let (remotes, clients) = list_remotes(config, cancel).await?;
+        let source_uuids: Vec<Uuid> = opened.iter().map(|s| s.info().uuid).collect();
+        let (remotes, clients) = list_remotes(config, &source_uuids, cancel).await?;
         let mut sources = Vec::new();
         for (subvolume, source_config) in opened.iter().zip(&config.sources) {
             let dir = Arc::clone(&dirs[&source_config.snapshots]);
@@ -221,11 +253,17 @@ fn open_local(sources: &[SourceConfig]) -> Result<(OpenedSources, OpenedDirs), A
     Ok((opened, dirs))
 }
 
-/// Connects to and lists each remote some source uses, once however many sources use it.
+/// How far this machine's clock may be from a server's when backups get locks.
+const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// Connects to and lists each remote some source uses, once however many sources use it. In
+/// a bucket with Object Lock, the retention of every backup of the config's sources is read
+/// too.
 async fn list_remotes(
     config: &Config,
+    sources: &[Uuid],
     cancel: &CancellationToken,
-) -> Result<(Vec<RemoteState>, HashMap<String, Remote>), AssessError> {
+) -> Result<(Vec<RemoteState>, HashMap<String, Connected>), AssessError> {
     let used = config.remotes.iter().filter(|remote| {
         config.sources.iter().any(|source| {
             source
@@ -237,36 +275,82 @@ async fn list_remotes(
     let mut remotes = Vec::new();
     let mut clients = HashMap::new();
     for remote in used {
-        let error = |source| AssessError::ListRemote {
-            remote: remote.id.clone(),
-            source: Box::new(source),
-        };
-        let client = Remote::connect(&remote.s3)
-            .await
-            .map_err(error)?
-            .with_cancellation(cancel.clone());
-        let listing = client.list().await.map_err(error)?;
-        let pending_uploads = client
-            .pending_uploads()
-            .await
-            .map_err(error)?
-            .into_iter()
-            .map(|upload| crate::plan::PendingUpload {
-                key: upload.key,
-                upload_id: upload.upload_id,
-            })
-            .collect();
-        remotes.push(RemoteState {
-            id: remote.id.clone(),
-            bucket: client.bucket().to_owned(),
-            backups: listing.backups.into_iter().map(BackupState::from).collect(),
-            foreign_objects: listing.foreign.len(),
-            pages: listing.pages,
-            pending_uploads,
-        });
-        clients.insert(remote.id.clone(), client);
+        let (state, client) = list_remote(remote, sources, cancel).await?;
+        // Object lock implies versions; otherwise the first delete asks.
+        let versioned = state.lock_enabled.then_some(true);
+        remotes.push(state);
+        clients.insert(remote.id.clone(), Connected { client, versioned });
     }
     Ok((remotes, clients))
+}
+
+async fn list_remote(
+    remote: &crate::config::Remote,
+    sources: &[Uuid],
+    cancel: &CancellationToken,
+) -> Result<(RemoteState, Remote), AssessError> {
+    let error = |source| AssessError::ListRemote {
+        remote: remote.id.clone(),
+        source: Box::new(source),
+    };
+    let client = Remote::connect(&remote.s3)
+        .await
+        .map_err(error)?
+        .with_cancellation(cancel.clone());
+    let lock_enabled = client.object_lock_enabled().await.map_err(error)?;
+    if remote.object_lock.is_some() && !lock_enabled {
+        return Err(AssessError::ObjectLockDisabled {
+            remote: remote.id.clone(),
+            bucket: client.bucket().to_owned(),
+        });
+    }
+    let listing = client.list().await.map_err(error)?;
+    if remote.object_lock.is_some()
+        && let Some(server) = listing.server_time
+    {
+        let local = Timestamp::now();
+        if (local.as_second() - server.as_second()).abs() > MAX_CLOCK_SKEW_SECONDS {
+            return Err(AssessError::ClockSkew {
+                remote: remote.id.clone(),
+                local,
+                server,
+            });
+        }
+    }
+    let pending_uploads = client
+        .pending_uploads()
+        .await
+        .map_err(error)?
+        .into_iter()
+        .map(|upload| crate::plan::PendingUpload {
+            key: upload.key,
+            upload_id: upload.upload_id,
+        })
+        .collect();
+    let mut backups: Vec<BackupState> =
+        listing.backups.into_iter().map(BackupState::from).collect();
+    if lock_enabled {
+        // Only the backups of this config's sources: the planner never touches others.
+        let ours: Vec<usize> = (0..backups.len())
+            .filter(|&i| sources.contains(&backups[i].meta.parent_uuid))
+            .collect();
+        let keys: Vec<&str> = ours.iter().map(|&i| &*backups[i].key).collect();
+        let retentions = client.retentions(&keys).await.map_err(error)?;
+        for (i, retention) in ours.into_iter().zip(retentions) {
+            backups[i].retention = retention;
+        }
+    }
+    let state = RemoteState {
+        id: remote.id.clone(),
+        bucket: client.bucket().to_owned(),
+        backups,
+        foreign_objects: listing.foreign.len(),
+        pages: listing.pages,
+        pending_uploads,
+        object_lock: remote.object_lock,
+        lock_enabled,
+    };
+    Ok((state, client))
 }
 
 /// A source and the snapshots of it that were listed.
@@ -301,6 +385,7 @@ fn source_state(
                 remote: upload.remote_id.clone(),
                 preserve: upload.preserve,
                 pipe_through: upload.pipe_through.clone(),
+                storage_classes: upload.storage_classes.clone(),
             })
             .collect(),
     })
@@ -330,6 +415,15 @@ impl RealWorld {
     fn remote(&self, id: &str) -> Result<&Remote, WorldError> {
         self.remotes
             .get(id)
+            .map(|connected| &connected.client)
+            .ok_or_else(|| WorldError::RemoteNotConnected {
+                remote: id.to_owned(),
+            })
+    }
+
+    fn connected(&mut self, id: &str) -> Result<&mut Connected, WorldError> {
+        self.remotes
+            .get_mut(id)
             .ok_or_else(|| WorldError::RemoteNotConnected {
                 remote: id.to_owned(),
             })
@@ -439,8 +533,29 @@ impl World for RealWorld {
         Ok(size)
     }
 
+    /// In a versioned bucket every version goes, delete markers included: a plain delete
+    /// would leave a delete marker and keep the data (and its bill).
     async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError> {
-        self.remote(remote)?.delete(keys).await?;
+        let connected = self.connected(remote)?;
+        let versioned = if let Some(versioned) = connected.versioned {
+            versioned
+        } else {
+            let versioned = connected.client.versioned().await?;
+            connected.versioned = Some(versioned);
+            versioned
+        };
+        if versioned {
+            connected.client.delete_all_versions(keys).await?;
+        } else {
+            connected.client.delete(keys).await?;
+        }
+        Ok(())
+    }
+
+    async fn extend_lock(&mut self, extend: &ExtendLock) -> Result<(), WorldError> {
+        self.remote(&extend.remote)?
+            .extend_retention(&extend.key, extend.lock)
+            .await?;
         Ok(())
     }
 

@@ -9,7 +9,10 @@
 //!    chain);
 //! 3. no snapshot was destroyed before an upload that uses it succeeded;
 //! 4. a run that went well leaves nothing to do: planning its outcome plans nothing;
-//! 5. an interrupted run leaves none of the snapshots it created but those it uploaded.
+//! 5. an interrupted run leaves none of the snapshots it created but those it uploaded;
+//! 6. in the remote with object lock, no run deletes a locked backup or shortens a lock, and
+//!    after a run that went well every kept backup is locked until its keep-until and the
+//!    margin.
 //!
 //! The number of histories is `BTRFS2S3_SAFETY_HISTORIES` (default 2,000; `cargo xtask test`
 //! runs 100,000 in a release build).
@@ -26,6 +29,8 @@ use crate::execute::{ActionResult, Outcome, Silent};
 use crate::fake::FakeWorld;
 use crate::plan::{Action, Origin, Plan};
 use crate::run::{Mode, UpdateEnd, UpdateOptions, UpdateReport, cycle};
+use crate::storage::LockSettings;
+use btrfs2s3_s3::LockMode;
 
 /// Something that happens between or during runs.
 #[derive(Debug, Clone)]
@@ -100,7 +105,14 @@ const POLICIES: &[&str] = &[
 ];
 const REMOTES: [&str; 2] = ["aws", "gcs"];
 
-/// A world with two sources: the first backed up to both remotes, the second to one.
+/// The object lock of the second remote.
+const LOCK: LockSettings = LockSettings {
+    mode: LockMode::Governance,
+    extra: SignedDuration::from_hours(30),
+};
+
+/// A world with two sources: the first backed up to both remotes, the second to one. The
+/// second remote locks its backups.
 fn world(zone: &str, policies: [&str; 3]) -> FakeWorld {
     let mut world = FakeWorld::new(zone, "2026-01-05T10:00:00Z");
     world.add_source(
@@ -109,6 +121,7 @@ fn world(zone: &str, policies: [&str; 3]) -> FakeWorld {
         &[(REMOTES[0], policies[0]), (REMOTES[1], policies[1])],
     );
     world.add_source("media", 2, &[(REMOTES[1], policies[2])]);
+    world.locks.insert(REMOTES[1].to_owned(), LOCK);
     world
 }
 
@@ -168,7 +181,13 @@ fn run(
     no_foreign_object_deleted(&before, world)?;
     no_chain_broken(&before, world)?;
     no_snapshot_destroyed_too_early(outcome)?;
+    if !world.lock_violations.is_empty() {
+        return Err(format!("locks not respected: {:?}", world.lock_violations));
+    }
     if matches!(&report.end, UpdateEnd::Executed(outcome) if outcome.succeeded()) {
+        if let Some(plan) = &report.plan {
+            kept_backups_are_locked(world, plan)?;
+        }
         nothing_left_to_do(world)?;
     }
     if let (UpdateEnd::Interrupted(interruption), Some(plan)) = (&report.end, &report.plan)
@@ -251,6 +270,28 @@ fn no_snapshot_destroyed_too_early(outcome: &Outcome) -> Result<(), String> {
                 }
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// After a run that went well, every backup the locked remote keeps is locked until its
+/// keep-until and the margin (property 6).
+fn kept_backups_are_locked(world: &FakeWorld, plan: &Plan) -> Result<(), String> {
+    for backup in plan.backups.iter().filter(|b| b.remote == REMOTES[1]) {
+        let (Some(_), Some(keep_until)) = (&backup.keep, backup.keep_until) else {
+            continue;
+        };
+        let wanted = LOCK.lock_for(keep_until).retain_until;
+        let has = world
+            .retentions
+            .get(&(backup.remote.clone(), backup.key.to_string()))
+            .map(|lock| lock.retain_until);
+        if has.is_none_or(|has| has < wanted) {
+            return Err(format!(
+                "{} is kept until {keep_until} but locked until {has:?}",
+                backup.key
+            ));
         }
     }
     Ok(())
@@ -416,6 +457,7 @@ fn the_histories_exercise_every_kind_of_action() {
                     Action::Rename(_) => "rename",
                     Action::Upload(upload) if upload.spec.send_parent.is_none() => "full upload",
                     Action::Upload(_) => "differential upload",
+                    Action::ExtendLock(_) => "lock extension",
                     Action::Destroy(_) => "destroy",
                     Action::Delete(_) => "delete",
                 };
@@ -428,9 +470,16 @@ fn the_histories_exercise_every_kind_of_action() {
             {
                 *seen.entry("new snapshot").or_default() += 1;
             }
+            *seen.entry("unkept but held").or_default() += planned
+                .backups
+                .iter()
+                .filter(|b| b.held_until.is_some())
+                .count();
         }
     }
     for kind in [
+        "unkept but held",
+        "lock extension",
         "interrupted",
         "new snapshot removed",
         "new snapshot",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use snafu::Snafu;
 
 use crate::pipeline::PipelineError;
-use crate::plan::{AbortUpload, SnapshotRef, SnapshotState, SourceState, UploadSpec};
+use crate::plan::{AbortUpload, ExtendLock, SnapshotRef, SnapshotState, SourceState, UploadSpec};
 
 /// The outside world, as a run sees it.
 #[allow(async_fn_in_trait)] // used with concrete types only, never as `dyn World`
@@ -35,6 +35,8 @@ pub trait World {
     async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError>;
     /// Aborts a multipart upload.
     async fn abort_upload(&mut self, upload: &AbortUpload) -> Result<(), WorldError>;
+    /// Makes a backup's object lock reach `extend.lock`.
+    async fn extend_lock(&mut self, extend: &ExtendLock) -> Result<(), WorldError>;
 }
 
 /// Why an operation of the world failed.

@@ -69,6 +69,7 @@ impl Target {
             remotes: vec![config::Remote {
                 id: bucket.to_owned(),
                 s3,
+                object_lock: None,
             }],
         }
     }
