@@ -11,7 +11,8 @@ use btrfs2s3_core::pipeline::PipelineError;
 use btrfs2s3_core::plan::BackupState;
 use btrfs2s3_core::restore;
 use btrfs2s3_core::run::{
-    self, ReadError, RestoreOptions, Target, Transfer, TransferUi, Verdict, VerifyOptions, VerifyUi,
+    self, ArchiveOptions, ArchiveStatus, ArchiveUi, ReadError, RestoreOptions, RestoreTier, Target,
+    Transfer, TransferUi, Verdict, VerifyOptions, VerifyUi,
 };
 use uuid::Uuid;
 
@@ -171,6 +172,71 @@ fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()>
     Ok(())
 }
 
+/// How backups in archive storage classes are made readable: the flags of `restore` and
+/// `verify`.
+#[derive(Debug, clap::Args)]
+pub struct ArchiveArgs {
+    /// How fast (and dear) restores of backups in archive classes (Glacier, Deep Archive) are.
+    #[arg(long, value_enum, value_name = "TIER", default_value_t = Tier::Standard)]
+    pub restore_tier: Tier,
+    /// How many days a restored copy stays readable.
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=30000))]
+    pub restore_days: u32,
+    /// Request the restores of archived backups and leave, instead of waiting for them (run
+    /// the same command again later).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `--restore-tier`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// The cheapest, slowest.
+    Bulk,
+    /// The default.
+    Standard,
+    /// Minutes, at a price (not from Deep Archive).
+    Expedited,
+}
+
+impl ArchiveArgs {
+    fn options(&self) -> ArchiveOptions {
+        ArchiveOptions {
+            tier: match self.restore_tier {
+                Tier::Bulk => RestoreTier::Bulk,
+                Tier::Standard => RestoreTier::Standard,
+                Tier::Expedited => RestoreTier::Expedited,
+            },
+            days: self.restore_days,
+            wait: !self.no_wait,
+        }
+    }
+}
+
+/// The line printed after the restore requests, and at every change while waiting.
+impl ArchiveUi for Progress {
+    fn archive_status(&self, status: &ArchiveStatus, tier: RestoreTier) {
+        eprintln!(
+            "btrfs2s3: {}/{} archived object(s) available ({} restore(s) requested now); {}",
+            status.readable,
+            status.total,
+            status.requested,
+            tier.typical_wait()
+        );
+    }
+}
+
+/// Says what was requested when the command does not wait.
+fn come_back_later(status: &ArchiveStatus) -> u8 {
+    println!(
+        "{} of {} archived backup(s) are not available yet ({} restore(s) requested now); run the same command again when they are",
+        status.total - status.readable,
+        status.total,
+        status.requested
+    );
+    exit::OK
+}
+
 /// Progress of transfers on standard error.
 impl TransferUi for Progress {
     fn started(&self, transfer: Transfer<'_>) {
@@ -215,9 +281,12 @@ pub struct RestoreArgs {
     /// one. Repeat for several, in order.
     #[arg(long = "pipe-through", value_name = "CMD")]
     pub pipe_through: Vec<String>,
-    /// Print the backups that would be received, in order, and stop.
+    /// Print the backups that would be received, in order (and which need restoring from an
+    /// archive class first), and stop.
     #[arg(long)]
     pub pretend: bool,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
 }
 
 fn split_all(commands: &[String]) -> Result<Vec<Vec<String>>, u8> {
@@ -257,10 +326,14 @@ pub fn restore(args: &RestoreArgs) -> u8 {
             plan.dest.display()
         );
         for item in &plan.items {
-            let status = if item.present {
-                "already there, skipped"
-            } else {
-                "to receive"
+            let archived = plan.archived().any(|a| a.key == item.key);
+            let status = match (item.present, archived) {
+                (true, _) => "already there, skipped".to_owned(),
+                (false, true) => format!(
+                    "to receive, from {} (restored first)",
+                    item.storage_class.as_deref().unwrap_or_default()
+                ),
+                (false, false) => "to receive".to_owned(),
             };
             println!(
                 "  {}  {}  {}  {status}",
@@ -276,6 +349,12 @@ pub fn restore(args: &RestoreArgs) -> u8 {
             return exit::OK;
         }
         let progress = Progress::new(std::io::stderr().is_terminal());
+        let options = args.archive.options();
+        match run::make_restorable(&plan, &options, &progress, &cancel).await {
+            Ok(status) if !status.is_complete() => return come_back_later(&status),
+            Ok(_) => {}
+            Err(error) => return failed(&error),
+        }
         let report = run::restore(&plan, &progress).await;
         match report.failure {
             None => {
@@ -314,6 +393,8 @@ pub struct VerifyArgs {
     /// `restore`.
     #[arg(long = "pipe-through", value_name = "CMD")]
     pub pipe_through: Vec<String>,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
 }
 
 /// What `verify` finds, one line per backup on standard output.
@@ -330,6 +411,12 @@ impl TransferUi for VerifyLines {
 
     fn finished(&self, transfer: Transfer<'_>, result: &Result<u64, PipelineError>) {
         TransferUi::finished(&self.0, transfer, result);
+    }
+}
+
+impl ArchiveUi for VerifyLines {
+    fn archive_status(&self, status: &ArchiveStatus, tier: RestoreTier) {
+        self.0.archive_status(status, tier);
     }
 }
 
@@ -367,6 +454,7 @@ pub fn verify(args: &VerifyArgs) -> u8 {
     let options = VerifyOptions {
         uuid: args.uuid,
         pipe_through,
+        archive: args.archive.options(),
     };
     let lines = VerifyLines(Progress::new(std::io::stderr().is_terminal()));
     crate::with_runtime(|cancel| async move {
@@ -378,6 +466,9 @@ pub fn verify(args: &VerifyArgs) -> u8 {
 }
 
 fn verified(report: &run::VerifyReport, uuid: Option<Uuid>) -> u8 {
+    if !report.archive.is_complete() {
+        return come_back_later(&report.archive);
+    }
     if let (false, Some(uuid)) = (report.found, uuid) {
         eprintln!("btrfs2s3: no remote has a backup or source with uuid {uuid}");
         return exit::USAGE;

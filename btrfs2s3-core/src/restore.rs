@@ -28,6 +28,8 @@ pub struct RestoreItem {
     pub ctransid: i64,
     /// The object's size.
     pub size: u64,
+    /// Its storage class, when the server says.
+    pub storage_class: Option<String>,
     /// Already in the destination (a subvolume there was received from it): skipped.
     pub present: bool,
 }
@@ -50,6 +52,7 @@ pub fn plan_restore(
             ctime: format_ctime(backup.meta.ctime, tz),
             ctransid: backup.meta.ctransid,
             size: backup.size,
+            storage_class: backup.storage_class.clone(),
             present: present.contains(&backup.meta.uuid),
         })
         .collect())

@@ -114,12 +114,15 @@ pub struct LockSettings {
 }
 
 impl LockSettings {
-    /// The lock a backup kept until `keep_until` should have.
+    /// The lock a backup kept until `keep_until` should have: that instant plus the margin,
+    /// rounded up to a whole second (S3 stores retention dates in seconds).
     #[must_use]
     pub fn lock_for(&self, keep_until: Timestamp) -> ObjectLock {
+        let until = keep_until.checked_add(self.extra).unwrap_or(Timestamp::MAX);
+        let second = until.as_second() + i64::from(until.subsec_nanosecond() > 0);
         ObjectLock {
             mode: self.mode,
-            retain_until: keep_until.checked_add(self.extra).unwrap_or(Timestamp::MAX),
+            retain_until: Timestamp::from_second(second).unwrap_or(until),
         }
     }
 }
@@ -207,6 +210,11 @@ mod tests {
         assert_eq!(
             settings.lock_for(Timestamp::MAX).retain_until,
             Timestamp::MAX
+        );
+        let fraction: Timestamp = "2026-06-01T00:00:00.25Z".parse().unwrap();
+        assert_eq!(
+            settings.lock_for(fraction).retain_until.to_string(),
+            "2026-07-01T00:00:01Z"
         );
     }
 }

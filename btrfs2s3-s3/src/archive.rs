@@ -40,22 +40,6 @@ pub enum RestoreTier {
     Expedited,
 }
 
-impl RestoreTier {
-    /// How long S3 says a restore of this tier takes, for messages.
-    #[must_use]
-    pub fn typical_wait(self) -> &'static str {
-        match self {
-            RestoreTier::Bulk => "Bulk retrievals take 5-12 hours (up to 48 from DEEP_ARCHIVE)",
-            RestoreTier::Standard => {
-                "Standard retrievals take 3-5 hours (up to 12 from DEEP_ARCHIVE)"
-            }
-            RestoreTier::Expedited => {
-                "Expedited retrievals take 1-5 minutes (not available from DEEP_ARCHIVE)"
-            }
-        }
-    }
-}
-
 /// What a restore request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restore {

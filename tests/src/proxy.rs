@@ -27,6 +27,9 @@ pub enum Fault {
     /// Let the server handle the request, then send its headers and half of its body, and
     /// close as if that were all.
     TruncateBody,
+    /// Let the server handle the request, and answer with this `Date` header instead of
+    /// its own (a server whose clock is off).
+    Date(&'static str),
 }
 
 /// Which requests a rule applies to.
@@ -309,6 +312,28 @@ async fn read_exact_with(
     Ok(body)
 }
 
+/// `response` with its `Date` header replaced by `date`.
+fn with_date(response: &[u8], date: &str) -> Vec<u8> {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return response.to_vec();
+    };
+    let head = String::from_utf8_lossy(&response[..end]);
+    let mut out = String::new();
+    for line in head.split("\r\n") {
+        if line.to_ascii_lowercase().starts_with("date:") {
+            out.push_str("Date: ");
+            out.push_str(date);
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&response[end + 4..]);
+    bytes
+}
+
 /// Resets the connection (RST instead of FIN).
 fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
@@ -362,6 +387,11 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> i
             record(state, &method, &target, "reset mid-response");
             client.write_all(&response[..response.len() / 2]).await?;
             reset(client);
+        }
+        Some(Fault::Date(date)) => {
+            record(state, &method, &target, &format!("date {date}"));
+            client.write_all(&with_date(&response, date)).await?;
+            client.shutdown().await?;
         }
         Some(Fault::TruncateBody) => {
             record(state, &method, &target, "truncated body");

@@ -3,13 +3,15 @@
 //! The binary parses arguments, renders reports through the `Ui` traits and maps them to exit
 //! codes; it never touches btrfs or S3 itself.
 
+mod archive;
 mod read;
 mod update;
 
+pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
 pub use read::{
     ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport, Target, TargetError,
-    Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list, prepare_restore,
-    restore, verify,
+    Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list, make_restorable,
+    prepare_restore, restore, verify,
 };
 pub use update::{
     Choice, Interruption, Mode, Ui, Undone, UpdateEnd, UpdateError, UpdateOptions, UpdateReport,

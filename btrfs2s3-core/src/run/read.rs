@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use btrfs2s3_s3::{Remote, RemoteConfig};
+use btrfs2s3_s3::{Remote, RemoteConfig, needs_restore};
 use jiff::tz::TimeZone;
 use snafu::Snafu;
 use uuid::Uuid;
@@ -16,6 +16,7 @@ use crate::config::{self, Config};
 use crate::pipeline::PipelineError;
 use crate::plan::BackupState;
 use crate::restore::{self, RestoreItem};
+use crate::run::archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, make_readable};
 
 /// The remotes a read command reads, and the time zone it shows times in.
 #[derive(Debug, Clone)]
@@ -138,6 +139,16 @@ pub enum ReadError {
         /// How many it was given.
         count: usize,
     },
+    /// An archived backup could not be made readable.
+    #[snafu(display("cannot restore {key} of bucket {bucket} from its archive class"))]
+    Archive {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+        /// Why.
+        source: Box<btrfs2s3_s3::Error>,
+    },
     /// A signal stopped the command.
     #[snafu(display("interrupted by {cause}"))]
     Interrupted {
@@ -250,6 +261,13 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
+    /// The backups to receive that are in an archive class: they need a restore request.
+    pub fn archived(&self) -> impl Iterator<Item = &RestoreItem> {
+        self.items
+            .iter()
+            .filter(|item| !item.present && needs_restore(item.storage_class.as_deref()))
+    }
+
     /// Whether everything is in the destination already.
     #[must_use]
     pub fn is_done(&self) -> bool {
@@ -308,6 +326,21 @@ pub async fn prepare_restore(
     })
 }
 
+/// Requests restores of the archived backups `plan` receives, all at once, and with
+/// `options.wait` waits until they can be read.
+pub async fn make_restorable(
+    plan: &RestorePlan,
+    options: &ArchiveOptions,
+    ui: &impl ArchiveUi,
+    cancel: &Cancel,
+) -> Result<ArchiveStatus, ReadError> {
+    let archived: Vec<(&Remote, &str)> = plan
+        .archived()
+        .map(|item| (&plan.remote, item.key.as_str()))
+        .collect();
+    make_readable(&archived, options, ui, cancel).await
+}
+
 /// Receives the backups of `plan` that are not in the destination yet, in order; stops at
 /// the first that fails (running the same restore again goes on from there).
 pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport {
@@ -351,6 +384,8 @@ pub struct VerifyOptions {
     pub uuid: Option<Uuid>,
     /// The commands each stream goes through before it is checked.
     pub pipe_through: Vec<Vec<String>>,
+    /// How to make archived backups readable.
+    pub archive: ArchiveOptions,
 }
 
 /// What `verify` found about one backup, or about a remote's selection.
@@ -374,7 +409,7 @@ pub enum Verdict {
 }
 
 /// Hears what `verify` finds, as it finds it.
-pub trait VerifyUi: TransferUi {
+pub trait VerifyUi: TransferUi + ArchiveUi {
     /// A backup was checked (a broken chain is told before its stream is checked).
     fn verdict(&self, remote: &str, backup: &BackupState, verdict: &Verdict);
     /// A remote's selection cannot be made (its chains are broken).
@@ -390,6 +425,9 @@ pub struct VerifyReport {
     pub problems: usize,
     /// Whether the uuid asked for was found in some remote.
     pub found: bool,
+    /// The archived backups of the selection. When some are not readable yet (the command
+    /// was told not to wait), nothing was checked.
+    pub archive: ArchiveStatus,
 }
 
 /// `verify`: every selected backup of every remote of `target` is read to its end through
@@ -405,9 +443,16 @@ pub async fn verify(
         checked: 0,
         problems: 0,
         found: options.uuid.is_none(),
+        archive: ArchiveStatus::default(),
     };
+    // Every remote is read first: the archived backups of all of them are requested at once.
+    let mut remotes = Vec::new();
     for remote in &target.remotes {
         let (client, catalog) = read_catalog(remote, cancel).await?;
+        remotes.push((remote, client, catalog));
+    }
+    let mut selections = Vec::new();
+    for (remote, client, catalog) in &remotes {
         let selected: Vec<&BackupState> = match options.uuid {
             None => catalog.backups().iter().collect(),
             Some(uuid) => match catalog.select(Selection::Uuid(uuid)) {
@@ -424,6 +469,22 @@ pub async fn verify(
                 }
             },
         };
+        selections.push((*remote, client, catalog, selected));
+    }
+    let archived: Vec<(&Remote, &str)> = selections
+        .iter()
+        .flat_map(|(_, client, _, selected)| {
+            selected
+                .iter()
+                .filter(|backup| needs_restore(backup.storage_class.as_deref()))
+                .map(move |backup| (*client, &*backup.key))
+        })
+        .collect();
+    report.archive = make_readable(&archived, &options.archive, ui, cancel).await?;
+    if !report.archive.is_complete() {
+        return Ok(report);
+    }
+    for (remote, client, catalog, selected) in selections {
         // Chains first: a backup whose send parent is gone cannot be restored, however
         // intact its bytes are.
         let mut broken = BTreeSet::new();
@@ -444,7 +505,7 @@ pub async fn verify(
             ui.started(transfer);
             let progress = |bytes| ui.progress(bytes);
             let result =
-                restore::verify(&client, &backup.key, &options.pipe_through, &progress).await;
+                restore::verify(client, &backup.key, &options.pipe_through, &progress).await;
             ui.finished(transfer, &result);
             // A stream cut short by a signal says nothing about the backup.
             if cancel.is_cancelled() {

@@ -56,6 +56,20 @@ impl Fixture {
     /// A fixture with one source; `servers` name the S3 servers of the environment to use,
     /// each as a remote with a new bucket.
     pub fn new(env: &'static TestEnv, test: &str, servers: &[&str]) -> Fixture {
+        Fixture::with_buckets(env, test, servers, false)
+    }
+
+    /// A fixture whose buckets have Object Lock enabled.
+    pub fn locked(env: &'static TestEnv, test: &str, servers: &[&str]) -> Fixture {
+        Fixture::with_buckets(env, test, servers, true)
+    }
+
+    fn with_buckets(
+        env: &'static TestEnv,
+        test: &str,
+        servers: &[&str],
+        object_lock: bool,
+    ) -> Fixture {
         let dir = env.btrfs.join(unique_name(test));
         std::fs::create_dir(&dir).unwrap();
         let source = dir.join("source");
@@ -81,7 +95,14 @@ impl Fixture {
                     .block_on(Remote::connect(&remote_config(server, &bucket)))
                     .unwrap();
                 runtime
-                    .block_on(remote.sdk_client().create_bucket().bucket(&bucket).send())
+                    .block_on(
+                        remote
+                            .sdk_client()
+                            .create_bucket()
+                            .bucket(&bucket)
+                            .object_lock_enabled_for_bucket(object_lock)
+                            .send(),
+                    )
                     .unwrap();
                 ((*name).to_owned(), server, bucket)
             })
