@@ -1479,4 +1479,70 @@ mod tests {
             .collect();
         assert_eq!(classes, [Some("DEEP_ARCHIVE"), Some("STANDARD_IA")]);
     }
+
+    /// The worked example of the README's "Storage classes": each row's new backup and the
+    /// class it gets.
+    #[test]
+    fn the_readme_storage_class_example() {
+        use btrfs2s3_policy::Timeframe::{Days, Months, Years};
+        let classes = crate::storage::StorageClasses {
+            by_timeframe: [
+                (Years, "DEEP_ARCHIVE"),
+                (Months, "GLACIER_IR"),
+                (Days, "STANDARD_IA"),
+            ]
+            .map(|(t, c)| (t, c.to_owned()))
+            .into(),
+            default: Some("STANDARD".to_owned()),
+            min_days: BTreeMap::new(),
+        };
+        // (backed-up snapshots, the new snapshot and now, its class)
+        let rows: &[(&[&str], &str, &str)] = &[
+            (&[], "2026-01-05T00:10:00Z", "DEEP_ARCHIVE"),
+            (&[], "2026-12-10T12:00:00Z", "STANDARD_IA"),
+            (
+                &["2026-01-05T00:10:00Z"],
+                "2026-03-01T00:10:00Z",
+                "GLACIER_IR",
+            ),
+            (
+                &["2026-01-05T00:10:00Z"],
+                "2026-05-03T12:00:00Z",
+                "STANDARD_IA",
+            ),
+            (
+                &["2026-01-05T00:10:00Z", "2026-03-01T00:10:00Z"],
+                "2026-03-08T00:10:00Z",
+                "STANDARD",
+            ),
+            (
+                &[
+                    "2026-01-05T00:10:00Z",
+                    "2026-03-01T00:10:00Z",
+                    "2026-03-08T00:10:00Z",
+                ],
+                "2026-03-08T05:00:00Z",
+                "STANDARD",
+            ),
+        ];
+        for (older, new, class) in rows {
+            let mut world = FakeWorld::new("UTC", new);
+            world.add_source("home", 1, &[("aws", "1y 3m 30d 24h")]);
+            world.sources[0].uploads[0].storage_classes = Some(classes.clone());
+            let mut previous = None;
+            for (n, ctime) in older.iter().enumerate() {
+                let id = n as u64 + 1;
+                world.add_snapshot(0, &format!("s{id}"), id, ctime, id * 100);
+                world.add_backup(0, "aws", id, previous);
+                previous = previous.or(Some(1));
+            }
+            world.add_snapshot(0, "new", 99, new, 9900);
+            let plan = plan(&world.assessment()).unwrap();
+            assert_eq!(
+                backup(&plan, 99).storage_class.as_deref(),
+                Some(*class),
+                "{new}"
+            );
+        }
+    }
 }
