@@ -163,7 +163,12 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
                 name.push_str(" (send parent missing: broken chain)");
             }
             let keep = match (&backup.keep, backup.held_until) {
-                (None, Some(until)) => format!("not kept: stays until {until} (locked)"),
+                (None, Some(until)) if backup.lock.is_some_and(|l| l.retain_until >= until) => {
+                    format!("not kept: locked until {until}")
+                }
+                (None, Some(until)) => {
+                    format!("not kept: stays until {until} (a locked backup needs it)")
+                }
                 (None, None) => "not kept: delete".to_owned(),
                 (Some(keep), _) if keep.flags.contains(Flags::NEW) => {
                     format!("new: {}", keep.describe())

@@ -288,7 +288,7 @@ fn an_unkept_backup_stays_while_it_is_locked_and_goes_after() {
     }
     let output = fixture.btrfs2s3(&["update", "--pretend"]);
     assert!(
-        stdout(&output).contains("not kept: stays until"),
+        stdout(&output).contains("not kept: locked until"),
         "{}",
         stdout(&output)
     );

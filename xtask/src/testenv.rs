@@ -236,7 +236,7 @@ impl TestEnv {
             }]})
             .to_string(),
         )?;
-        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect::<Result<_>>()?;
+        let ports: Vec<u16> = (0..9).map(|_| free_port()).collect::<Result<_>>()?;
         let [
             master,
             master_grpc,
@@ -246,9 +246,10 @@ impl TestEnv {
             filer_grpc,
             s3,
             s3_grpc,
+            iam,
         ] = ports[..]
         else {
-            return Err("cannot find 8 free ports".into());
+            return Err("cannot find 9 free ports".into());
         };
         let port = |name: &str, port: u16| format!("-{name}={port}");
         // It leaves sockets named after its parts and ports in /tmp when killed.
@@ -272,6 +273,10 @@ impl TestEnv {
                 .arg(format!("-dir={}", root.join("data").display()))
                 .args(["-ip=127.0.0.1", "-filer", "-s3", "-s3.iam=false"])
                 .args(["-master.volumeSizeLimitMB=64", "-volume.max=1000"])
+                // Catalog servers of its own on fixed ports (8181, 9101) would collide with
+                // another environment on the machine: off.
+                .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+                .arg(port("iam.port", iam))
                 .args([
                     port("master.port", master),
                     port("master.port.grpc", master_grpc),
