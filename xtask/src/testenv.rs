@@ -269,6 +269,8 @@ impl TestEnv {
         self.spawn_leaving(
             "seaweedfs",
             Command::new(&weed)
+                // Its own log files go with the rest of the environment, not into /tmp.
+                .arg(format!("-logdir={}", root.display()))
                 .arg("server")
                 .arg(format!("-dir={}", root.join("data").display()))
                 .args(["-ip=127.0.0.1", "-filer", "-s3", "-s3.iam=false"])
