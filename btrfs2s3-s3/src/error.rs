@@ -138,6 +138,16 @@ pub enum Error {
         /// What is missing.
         missing: &'static str,
     },
+    /// The server answers a paged listing with the page it was just asked for, forever.
+    #[snafu(display(
+        "the server repeats the same page when asked to {operation} in bucket {bucket}"
+    ))]
+    EndlessListing {
+        /// What we were listing.
+        operation: &'static str,
+        /// The bucket.
+        bucket: String,
+    },
     /// The server accepted an object-lock retention but does not keep it.
     #[snafu(display(
         "the server does not keep the object-lock retention of {key} in bucket {bucket}"

@@ -179,6 +179,44 @@ impl BackupMeta {
     }
 }
 
+/// A key as a listing gave it: as it is, or, when the server applied `EncodingType=url`,
+/// decoded (`%XX` bytes, `+` for a space, as form encoding has it and as boto3 decodes).
+/// A malformed escape is kept as it is; bytes that are not UTF-8 are replaced (such a key
+/// cannot parse as a backup, and is never deleted).
+///
+/// ```
+/// use btrfs2s3_s3::decode_key;
+///
+/// assert_eq!(decode_key("a%1Bb+c%2Bd", true), "a\u{1b}b c+d");
+/// assert_eq!(decode_key("a%1Bb+c", false), "a%1Bb+c");
+/// ```
+#[must_use]
+pub fn decode_key(key: &str, encoded: bool) -> String {
+    if !encoded {
+        return key.to_owned();
+    }
+    let bytes = key.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                _ => decoded.push(b'%'),
+            },
+            b'+' => decoded.push(b' '),
+            byte => decoded.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
 /// Formats an instant as ISO 8601 with seconds and the UTC offset of `tz` at that instant,
 /// the way Python's `isoformat(timespec="seconds")` does: `2026-03-08T01:00:00-08:00`,
 /// `+00:00` for UTC (never `Z`), sub-seconds floored. Used for keys and snapshot names.
@@ -446,6 +484,24 @@ fn parse_offset(zone: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_keys_are_decoded_only_when_encoded() {
+        for (listed, decoded) in [
+            ("plain", "plain"),
+            ("a%2Fb%3F", "a/b?"),
+            ("space+and%2Bplus", "space and+plus"),
+            ("%1B%5B2J", "\u{1b}[2J"),
+            ("%C3%BC", "\u{fc}"),
+            ("bad%zzescape", "bad%zzescape"),
+            ("end%", "end%"),
+            ("end%4", "end%4"),
+            ("%FF", "\u{fffd}"),
+        ] {
+            assert_eq!(decode_key(listed, true), decoded, "{listed}");
+            assert_eq!(decode_key(listed, false), listed);
+        }
+    }
     use proptest::prelude::*;
 
     const U: &str = "ec99108d-db5b-4fab-8f4d-3e27dda1494c";

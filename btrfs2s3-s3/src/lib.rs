@@ -15,7 +15,7 @@ mod upload;
 
 pub use archive::{Availability, Restore, RestoreTier, needs_restore};
 pub use error::{DeleteFailure, Error, RequestError};
-pub use key::{BackupMeta, KeyError, format_ctime};
+pub use key::{BackupMeta, KeyError, decode_key, format_ctime};
 pub use remote::{
     ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, Secret,
     UploadSettings, Verify,

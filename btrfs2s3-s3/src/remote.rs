@@ -10,7 +10,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::ObjectIdentifier;
+use aws_sdk_s3::types::{EncodingType, ObjectIdentifier};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use snafu::ResultExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -21,6 +21,7 @@ use crate::error::{
     AttemptCounter, BuildRequestSnafu, CaBundleSnafu, Error, RequestError, ServerDate,
     WriteDownloadSnafu,
 };
+use crate::key::decode_key;
 
 /// A secret string: never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -324,7 +325,11 @@ impl Remote {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .max_keys(1000)
-                .set_continuation_token(continuation.take())
+                // Keys are anyone's choice who can write to the bucket: one with a control
+                // character (legal in S3, impossible in XML 1.0) would make every listing
+                // fail. Encoded, it is just another key.
+                .encoding_type(EncodingType::Url)
+                .set_continuation_token(continuation.clone())
                 .customize()
                 .interceptor(counter.clone())
                 .interceptor(server_date.clone())
@@ -332,8 +337,10 @@ impl Remote {
                 .await
                 .map_err(|e| self.request_error("list objects", None, &counter, &e))?;
             listing.pages += 1;
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
+                let key = &decode_key(key, encoded);
                 let listed = ListedObject {
                     key: key.to_owned(),
                     size: object
@@ -353,6 +360,12 @@ impl Remote {
             }
             match page.next_continuation_token() {
                 Some(token) if page.is_truncated() == Some(true) => {
+                    if continuation.as_deref() == Some(token) {
+                        return Err(Error::EndlessListing {
+                            bucket: self.bucket.clone(),
+                            operation: "list objects",
+                        });
+                    }
                     continuation = Some(token.to_owned());
                 }
                 _ => {
@@ -423,17 +436,19 @@ impl Remote {
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
+                .encoding_type(EncodingType::Url)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
                 .customize()
                 .interceptor(counter.clone())
                 .send()
                 .await
                 .map_err(|e| self.request_error("list multipart uploads", None, &counter, &e))?;
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for upload in page.uploads() {
                 if let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) {
                     uploads.push(PendingUpload {
-                        key: key.to_owned(),
+                        key: decode_key(key, encoded),
                         upload_id: upload_id.to_owned(),
                         initiated: upload
                             .initiated()
@@ -444,11 +459,20 @@ impl Remote {
             if page.is_truncated() != Some(true) {
                 return Ok(uploads);
             }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            id_marker = page.next_upload_id_marker().map(str::to_owned);
-            if key_marker.is_none() && id_marker.is_none() {
+            let next = (
+                page.next_key_marker().map(str::to_owned),
+                page.next_upload_id_marker().map(str::to_owned),
+            );
+            if next.0.is_none() && next.1.is_none() {
                 return Ok(uploads);
             }
+            if next == (key_marker.clone(), id_marker.clone()) {
+                return Err(Error::EndlessListing {
+                    bucket: self.bucket.clone(),
+                    operation: "list multipart uploads",
+                });
+            }
+            (key_marker, id_marker) = next;
         }
     }
 

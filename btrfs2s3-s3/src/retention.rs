@@ -3,14 +3,15 @@
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, Delete, ObjectIdentifier, ObjectLockEnabled, ObjectLockMode,
-    ObjectLockRetention, ObjectLockRetentionMode,
+    BucketVersioningStatus, Delete, EncodingType, ObjectIdentifier, ObjectLockEnabled,
+    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
 };
 use jiff::Timestamp;
 use snafu::ResultExt;
 use tokio::task::JoinSet;
 
 use crate::error::{AttemptCounter, BuildRequestSnafu, DeleteFailure, Error};
+use crate::key::decode_key;
 use crate::remote::Remote;
 use crate::upload::{LockMode, ObjectLock};
 
@@ -210,32 +211,44 @@ impl Remote {
                 .list_object_versions()
                 .bucket(&self.bucket)
                 .prefix(key)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
+                .encoding_type(EncodingType::Url)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
                 .customize()
                 .interceptor(counter.clone())
                 .send()
                 .await
                 .map_err(|e| self.request_error("list the versions", Some(key), &counter, &e))?;
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
+            let ours = |listed: Option<&str>| listed.is_some_and(|l| decode_key(l, encoded) == key);
             let versions = page
                 .versions()
                 .iter()
-                .filter(|v| v.key() == Some(key))
+                .filter(|v| ours(v.key()))
                 .filter_map(|v| v.version_id());
             let markers = page
                 .delete_markers()
                 .iter()
-                .filter(|m| m.key() == Some(key))
+                .filter(|m| ours(m.key()))
                 .filter_map(|m| m.version_id());
             found.extend(versions.chain(markers).map(str::to_owned));
             if page.is_truncated() != Some(true) {
                 return Ok(found);
             }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            version_marker = page.next_version_id_marker().map(str::to_owned);
-            if key_marker.is_none() && version_marker.is_none() {
+            let next = (
+                page.next_key_marker().map(str::to_owned),
+                page.next_version_id_marker().map(str::to_owned),
+            );
+            if next.0.is_none() && next.1.is_none() {
                 return Ok(found);
             }
+            if next == (key_marker.clone(), version_marker.clone()) {
+                return Err(Error::EndlessListing {
+                    bucket: self.bucket.clone(),
+                    operation: "list the versions",
+                });
+            }
+            (key_marker, version_marker) = next;
         }
     }
 
