@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use btrfs2s3_core::execute::ActionResult;
-use btrfs2s3_core::plan::{Action, Origin, Plan, PlannedBackup};
+use btrfs2s3_core::plan::{Action, Origin, Plan, PlannedBackup, SnapshotRef};
+use btrfs2s3_core::text::{escape, escape_os};
 use btrfs2s3_policy::Flags;
 use uuid::Uuid;
 
@@ -84,8 +85,8 @@ pub fn write_plan(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
                 };
                 let path = snapshot.directory.join(&snapshot.name);
                 let name = match snapshot.origin {
-                    Origin::Planned => format!("{} (to be created)", path.display()),
-                    _ => path.display().to_string(),
+                    Origin::Planned => format!("{} (to be created)", escape_os(path.as_os_str())),
+                    _ => escape_os(path.as_os_str()).into_owned(),
                 };
                 let keep = snapshot.keep.as_ref().map_or_else(
                     || "not kept: destroy".to_owned(),
@@ -155,7 +156,7 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
             } else {
                 " "
             };
-            let mut name = format!("{}{}", "  ".repeat(*depth), backup.key);
+            let mut name = format!("{}{}", "  ".repeat(*depth), escape(&backup.key));
             if backup
                 .send_parent
                 .is_some_and(|parent| !present.contains(&parent))
@@ -184,7 +185,7 @@ fn write_backup_tree(backups: &[&PlannedBackup], out: &mut dyn Write) -> io::Res
                 &name,
                 &keep,
                 &size,
-                backup.storage_class.as_deref().unwrap_or_default(),
+                &escape(backup.storage_class.as_deref().unwrap_or_default()),
                 &lock,
             ]);
         }
@@ -210,49 +211,49 @@ pub fn describe_action(action: &Action) -> String {
     match action {
         Action::AbortUpload(abort) => format!(
             "abort    {}: the unfinished upload of {} (left by an interrupted run)",
-            abort.remote, abort.key
+            abort.remote,
+            escape(&abort.key)
         ),
         Action::CreateSnapshot(create) => format!(
             "snapshot {} -> {}",
-            create.source.display(),
-            create.directory.join(&create.name).display()
+            escape_os(create.source.as_os_str()),
+            escape_os(create.directory.join(&create.name).as_os_str())
         ),
         Action::Rename(rename) => format!(
             "rename   {} -> {}",
-            rename
-                .snapshot
-                .directory
-                .join(&rename.snapshot.name)
-                .display(),
-            rename.to
+            shown(&rename.snapshot),
+            escape(&rename.to)
         ),
         Action::Upload(upload) => {
             let spec = &upload.spec;
             let kind = match &spec.send_parent {
-                Some(parent) => format!("differential from {}", parent.name),
+                Some(parent) => format!("differential from {}", escape(&parent.name)),
                 None => "full".to_owned(),
             };
             format!(
                 "upload   {} -> {}: {} ({kind})",
-                spec.snapshot.directory.join(&spec.snapshot.name).display(),
+                shown(&spec.snapshot),
                 spec.remote,
-                spec.key
+                escape(&spec.key)
             )
         }
         Action::ExtendLock(extend) => format!(
             "lock     {}: {} until {} ({})",
-            extend.remote, extend.key, extend.lock.retain_until, extend.lock.mode
+            extend.remote,
+            escape(&extend.key),
+            extend.lock.retain_until,
+            extend.lock.mode
         ),
-        Action::Destroy(destroy) => format!(
-            "destroy  {}",
-            destroy
-                .snapshot
-                .directory
-                .join(&destroy.snapshot.name)
-                .display()
-        ),
-        Action::Delete(delete) => format!("delete   {}: {}", delete.remote, delete.key),
+        Action::Destroy(destroy) => format!("destroy  {}", shown(&destroy.snapshot)),
+        Action::Delete(delete) => {
+            format!("delete   {}: {}", delete.remote, escape(&delete.key))
+        }
     }
+}
+
+/// A snapshot's path, escaped.
+fn shown(snapshot: &SnapshotRef) -> String {
+    escape_os(snapshot.directory.join(&snapshot.name).as_os_str()).into_owned()
 }
 
 /// How an action went, in words.
@@ -261,8 +262,8 @@ pub fn describe_result(result: &ActionResult) -> String {
     match result {
         ActionResult::Done { bytes: Some(n) } => format!("done ({})", bytes(*n)),
         ActionResult::Done { bytes: None } => "done".to_owned(),
-        ActionResult::Failed { error } => format!("FAILED: {error}"),
-        ActionResult::Skipped { reason } => format!("skipped: {reason}"),
+        ActionResult::Failed { error } => format!("FAILED: {}", escape(&error.to_string())),
+        ActionResult::Skipped { reason } => format!("skipped: {}", escape(&reason.to_string())),
     }
 }
 

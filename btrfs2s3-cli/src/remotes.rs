@@ -14,6 +14,7 @@ use btrfs2s3_core::run::{
     self, ArchiveOptions, ArchiveStatus, ArchiveUi, ReadError, RestoreOptions, RestoreTier, Target,
     Transfer, TransferUi, Verdict, VerifyOptions, VerifyUi,
 };
+use btrfs2s3_core::text::escape;
 use uuid::Uuid;
 
 use crate::exit;
@@ -78,7 +79,7 @@ fn target(args: &RemoteArgs, need_one: bool) -> Result<Target, u8> {
 
 /// The message and exit code of a read command that could not do its work.
 fn failed(error: &ReadError) -> u8 {
-    eprintln!("btrfs2s3: {}", error_chain(error));
+    eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
     if error.is_usage() {
         exit::USAGE
     } else {
@@ -147,7 +148,12 @@ fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()>
         view.foreign_objects
     )?;
     for source in &view.sources {
-        writeln!(out, "  source {} (uuid {})", source.name, source.uuid)?;
+        writeln!(
+            out,
+            "  source {} (uuid {})",
+            escape(&source.name),
+            source.uuid
+        )?;
         crate::output::write_table(out, "    ", |row| {
             row(&["uuid", "ctime", "ctransid", "size", "class", ""]);
             for backup in &source.backups {
@@ -163,7 +169,7 @@ fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()>
                     &backup.ctime,
                     &backup.ctransid.to_string(),
                     &bytes(backup.size),
-                    backup.storage_class.as_deref().unwrap_or_default(),
+                    &escape(backup.storage_class.as_deref().unwrap_or_default()),
                     &note,
                 ]);
             }
@@ -259,8 +265,8 @@ impl TransferUi for Progress {
 
 fn transfer_label(transfer: Transfer<'_>) -> String {
     match transfer {
-        Transfer::Receive { key } => format!("receive {key}"),
-        Transfer::Verify { remote, key } => format!("verify {remote}: {key}"),
+        Transfer::Receive { key } => format!("receive {}", escape(key)),
+        Transfer::Verify { remote, key } => format!("verify {remote}: {}", escape(key)),
     }
 }
 
@@ -331,13 +337,13 @@ pub fn restore(args: &RestoreArgs) -> u8 {
                 (true, _) => "already there, skipped".to_owned(),
                 (false, true) => format!(
                     "to receive, from {} (restored first)",
-                    item.storage_class.as_deref().unwrap_or_default()
+                    escape(item.storage_class.as_deref().unwrap_or_default())
                 ),
                 (false, false) => "to receive".to_owned(),
             };
             println!(
                 "  {}  {}  {}  {status}",
-                item.key,
+                escape(&item.key),
                 item.ctime,
                 bytes(item.size)
             );
@@ -368,8 +374,8 @@ pub fn restore(args: &RestoreArgs) -> u8 {
             Some(failure) => {
                 eprintln!(
                     "btrfs2s3: restoring {} failed: {}",
-                    failure.key,
-                    error_chain(&failure.error)
+                    escape(&failure.key),
+                    escape(&error_chain(&failure.error))
                 );
                 eprintln!(
                     "btrfs2s3: {} backup(s) received; run the same command again to go on (what is there is skipped)",
@@ -423,21 +429,21 @@ impl ArchiveUi for VerifyLines {
 impl VerifyUi for VerifyLines {
     fn verdict(&self, remote: &str, backup: &BackupState, verdict: &Verdict) {
         match verdict {
-            Verdict::Intact { .. } => println!("remote {remote}: {}: ok", backup.key),
+            Verdict::Intact { .. } => println!("remote {remote}: {}: ok", escape(&backup.key)),
             Verdict::BrokenChain { send_parent } => println!(
                 "remote {remote}: {}: FAILED: broken chain: send parent {send_parent} is not in the remote",
-                backup.key
+                escape(&backup.key)
             ),
             Verdict::Damaged { error } => println!(
                 "remote {remote}: {}: FAILED: {}",
-                backup.key,
-                error_chain(error)
+                escape(&backup.key),
+                escape(&error_chain(error))
             ),
         }
     }
 
     fn unselectable(&self, remote: &str, error: &SelectError) {
-        println!("remote {remote}: FAILED: {error}");
+        println!("remote {remote}: FAILED: {}", escape(&error.to_string()));
     }
 }
 

@@ -10,6 +10,7 @@ use btrfs2s3_core::plan::{Action, Plan, RemoteState};
 use btrfs2s3_core::run::{
     self, Choice, Interruption, Mode, Ui, Undone, UpdateEnd, UpdateError, UpdateOptions,
 };
+use btrfs2s3_core::text::escape;
 
 use crate::{UpdateArgs, exit, output, progress};
 
@@ -29,6 +30,33 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
     };
     for warning in &config.warnings {
         eprintln!("btrfs2s3: warning: {warning}");
+    }
+    if verbose {
+        // The programs the config's commands run, as looked up (see the security model).
+        for source in &config.sources {
+            for upload in source
+                .upload_to_remotes
+                .iter()
+                .filter(|u| !u.pipe_through.is_empty())
+            {
+                let commands: Vec<String> = upload
+                    .pipe_through
+                    .iter()
+                    .map(|command| {
+                        std::iter::once(command.program().to_string_lossy().into_owned())
+                            .chain(command.argv()[1..].iter().cloned())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect();
+                eprintln!(
+                    "btrfs2s3: {} to {}: pipe_through {}",
+                    escape(&source.path.to_string_lossy()),
+                    upload.remote_id,
+                    escape(&commands.join(" | "))
+                );
+            }
+        }
     }
     let options = UpdateOptions {
         now: args.now.unwrap_or_else(jiff::Timestamp::now),
@@ -136,7 +164,7 @@ impl Ui for Terminal<'_> {
 }
 
 fn failed(error: &UpdateError) -> u8 {
-    eprintln!("btrfs2s3: {}", error_chain(error));
+    eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
     if error.is_locked() {
         exit::LOCKED
     } else if error.is_setup_error() {
@@ -156,7 +184,7 @@ fn undo(undone: &Undone) -> u8 {
             exit::OK
         }
         Some(error) => {
-            eprintln!("btrfs2s3: {}", error_chain(error));
+            eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
             exit::FAILURE
         }
     }
@@ -164,7 +192,7 @@ fn undo(undone: &Undone) -> u8 {
 
 fn interrupted(interruption: &Interruption) -> u8 {
     for error in &interruption.failures {
-        eprintln!("btrfs2s3: {}", error_chain(error));
+        eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
     }
     eprintln!(
         "btrfs2s3: interrupted by {}: {} of {} action(s) done, nothing half-done left; {} new snapshot(s) removed",

@@ -13,7 +13,13 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+
+use crate::pipeline::PipeCommand;
 use crate::storage::{LockSettings, StorageClasses};
+use crate::trust::{Kind, Trustee};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -50,8 +56,9 @@ pub struct UploadConfig {
     pub remote_id: String,
     /// The preservation policy.
     pub preserve: Params,
-    /// Commands the send stream is piped through, in order (run without a shell).
-    pub pipe_through: Vec<Vec<String>>,
+    /// Commands the send stream is piped through, in order (run without a shell); their
+    /// programs are looked up and checked by [`load`].
+    pub pipe_through: Vec<PipeCommand>,
     /// The storage classes of new backups (`storage_class:`); the bucket's default without.
     pub storage_classes: Option<StorageClasses>,
 }
@@ -281,18 +288,38 @@ pub fn load_for(path: &Path, needs: Needs) -> Result<Config, ConfigError> {
         position: None,
         message,
     };
-    let metadata =
-        std::fs::metadata(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
+    // Opened once, and everything checked on what was opened: a file swapped between the
+    // checks and the read is not read. Non-blocking, so that a FIFO does not hang us.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| error(format!("cannot read the file: {e}")))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| error(format!("cannot read the file: {e}")))?;
     if !metadata.is_file() {
         return Err(error("not a regular file".to_owned()));
     }
+    // It decides what btrfs2s3 runs, as root: nobody else may be able to change it.
+    let trustee = Trustee::current();
+    let untrusted = |e: crate::trust::Untrusted| error(e.to_string());
+    crate::trust::check_metadata(Kind::Config, path, &metadata, trustee).map_err(untrusted)?;
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .or_else(|_| std::fs::canonicalize(path))
+        .map_err(|e| error(format!("cannot read the file: {e}")))?;
+    crate::trust::check_directories(&opened, trustee).map_err(untrusted)?;
     if metadata.len() > MAX_CONFIG_BYTES {
         return Err(error(format!(
             "the file is {} bytes long; a config is at most {MAX_CONFIG_BYTES}",
             metadata.len()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| error(format!("cannot read the file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let before = &e.as_bytes()[..offset];
@@ -306,6 +333,7 @@ pub fn load_for(path: &Path, needs: Needs) -> Result<Config, ConfigError> {
         }
     })?;
     let mut config = parse_for(path, &text, needs)?;
+    resolve_programs(&mut config, trustee).map_err(error)?;
     if has_secrets(&config) {
         use std::os::unix::fs::PermissionsExt;
         let mode = metadata.permissions().mode();
@@ -319,6 +347,26 @@ pub fn load_for(path: &Path, needs: Needs) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Looks up every `pipe_through` program (in the system's PATH, for a bare name) and checks
+/// that nobody but root and `trustee` can change it.
+fn resolve_programs(config: &mut Config, trustee: Trustee) -> Result<(), String> {
+    for source in &mut config.sources {
+        for upload in &mut source.upload_to_remotes {
+            for command in &mut upload.pipe_through {
+                *command =
+                    PipeCommand::resolved(command.argv().to_vec(), trustee).map_err(|e| {
+                        format!(
+                            "sources: {}: upload_to_remotes: {}: pipe_through: {e}",
+                            source.path.display(),
+                            upload.remote_id
+                        )
+                    })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn has_secrets(config: &Config) -> bool {
@@ -578,7 +626,7 @@ fn parse_sources(
 fn parse_pipe_through(
     commands: Vec<Spanned<Vec<String>>>,
     at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
-) -> Result<Vec<Vec<String>>, ConfigError> {
+) -> Result<Vec<PipeCommand>, ConfigError> {
     let rule = "pipe_through: a command must be a non-empty list whose first item names a program";
     commands
         .into_iter()
@@ -591,7 +639,7 @@ fn parse_pipe_through(
                 &command.referenced,
                 format!("{rule} (this one's program is an empty string)"),
             )),
-            Some(_) => Ok(command.value),
+            Some(_) => Ok(PipeCommand::new(command.value)),
         })
         .collect()
 }
@@ -878,7 +926,11 @@ remotes:
             "1y 3m 30d 24h"
         );
         assert_eq!(
-            home.upload_to_remotes[0].pipe_through,
+            home.upload_to_remotes[0]
+                .pipe_through
+                .iter()
+                .map(PipeCommand::argv)
+                .collect::<Vec<_>>(),
             [vec!["zstd", "-T0"], vec!["age", "-r", "age1xyz"]]
         );
         let aws = &config.remote("aws").unwrap().s3;
@@ -1288,13 +1340,34 @@ remotes:
         assert_eq!(error.position, Some(Position { line: 2, column: 6 }));
         assert!(error.message.contains("not valid UTF-8"));
         let world_readable = dir.join("secrets.yaml");
-        std::fs::write(&world_readable, PYTHON_CONFIG).unwrap();
+        // Programs this machine has (loading looks them up).
+        let text = PYTHON_CONFIG
+            .replace("[zstd, -T0]", "[cat]")
+            .replace("[age, -r, age1xyz]", "[sh, -c, cat]");
+        std::fs::write(&world_readable, &text).unwrap();
         std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o644)).unwrap();
         let config = load(&world_readable).unwrap();
         assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
         assert!(config.warnings[0].contains("chmod 600"));
+        let commands = &config.sources[0].upload_to_remotes[0].pipe_through;
+        assert!(commands.iter().all(|c| c.program().is_absolute()), "{commands:?}");
+        assert_eq!(commands[1].argv(), ["sh", "-c", "cat"], "as written");
         std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(load(&world_readable).unwrap().warnings.is_empty());
+        // One that others can change is refused, with the fix.
+        std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = load(&world_readable).unwrap_err();
+        assert!(error.message.contains("chmod go-w"), "{error}");
+        // And one whose program is not on the system's PATH.
+        std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&world_readable, text.replace("[cat]", "[no-such-btrfs2s3-tool]")).unwrap();
+        let error = load(&world_readable).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("pipe_through: program \"no-such-btrfs2s3-tool\" is not found"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

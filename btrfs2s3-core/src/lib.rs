@@ -24,7 +24,9 @@ pub mod run;
 #[cfg(test)]
 mod safety;
 pub mod storage;
+pub mod text;
 pub mod tree;
+pub mod trust;
 pub mod world;
 
 /// Renders an error and all its causes on one line, leaving out a cause whose text the

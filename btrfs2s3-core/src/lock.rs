@@ -47,6 +47,13 @@ impl Drop for Lock {
 /// Why a lock was not taken.
 #[derive(Debug)]
 pub enum LockError {
+    /// A lock or pid file is a symlink, or not ours: planted by someone, never followed.
+    Unsafe {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The wait for it was interrupted (a signal).
     Interrupted {
         /// What is locked.
@@ -93,6 +100,11 @@ impl std::fmt::Display for LockError {
                 }
             }
             LockError::Io { path, source } => write!(f, "cannot lock {}: {source}", path.display()),
+            LockError::Unsafe { path, problem } => write!(
+                f,
+                "refusing lock file {}: {problem}; if no btrfs2s3 runs, remove it",
+                path.display()
+            ),
             LockError::Interrupted { path } => write!(
                 f,
                 "interrupted while waiting for the lock on {}",
@@ -109,6 +121,12 @@ impl LockError {
     #[must_use]
     pub fn is_held(&self) -> bool {
         matches!(self, LockError::Held { .. })
+    }
+
+    /// Whether a lock or pid file was planted or is not ours.
+    #[must_use]
+    pub fn is_unsafe(&self) -> bool {
+        matches!(self, LockError::Unsafe { .. })
     }
 }
 
@@ -190,6 +208,52 @@ fn flock(
     }
 }
 
+/// Opens (creating it if need be) a lock or pid file in a directory other users may write
+/// (`/run/lock` is world-writable, with the sticky bit): never through a symlink someone
+/// planted there (that could make root truncate any file), and only a regular file that
+/// belongs to the user running btrfs2s3.
+fn open_side_file(path: &Path) -> Result<File, LockError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let unsafe_file = |problem: String| LockError::Unsafe {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
+                unsafe_file("it is a symbolic link".to_owned())
+            }
+            Some(code) if code == nix::errno::Errno::EISDIR as i32 => {
+                unsafe_file("it is a directory".to_owned())
+            }
+            _ => LockError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    let metadata = file.metadata().map_err(|source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !metadata.is_file() {
+        return Err(unsafe_file("it is not a regular file".to_owned()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(unsafe_file(format!(
+            "it belongs to user {}, not to user {me}",
+            metadata.uid()
+        )));
+    }
+    Ok(file)
+}
+
 fn read_pid(file: &mut impl Read) -> Option<u32> {
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
@@ -240,13 +304,7 @@ fn lock_blocking(
         path: path.clone(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    let file = open_side_file(&path)?;
     match flock(file, &path, wait, cancel) {
         Ok(mut lock) => {
             lock.set_len(0).map_err(io)?;
@@ -302,8 +360,13 @@ fn lock_directory_blocking(
         .join(format!("btrfs2s3-dir-{:016x}.pid", path_hash(&absolute)));
     match flock(file, dir, wait, cancel) {
         Ok(lock) => {
+            let mut side = open_side_file(&pid_file)?;
+            side.set_len(0).map_err(|source| LockError::Io {
+                path: pid_file.clone(),
+                source,
+            })?;
             // Best effort: the pid is only for the message of a run that finds the lock held.
-            let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
+            let _ = writeln!(side, "{}", std::process::id());
             Ok(Lock {
                 _flock: lock,
                 path: dir.to_path_buf(),
@@ -311,7 +374,7 @@ fn lock_directory_blocking(
             })
         }
         Err((_, LockError::Held { path, waited, .. })) => Err(LockError::Held {
-            holder: File::open(&pid_file)
+            holder: open_side_file(&pid_file)
                 .ok()
                 .and_then(|mut f| read_pid(&mut f)),
             path,
@@ -381,6 +444,33 @@ mod tests {
         lock_directory_async(&dir, Duration::ZERO, &never)
             .await
             .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_followed() {
+        let (dir, config) = scratch("symlink");
+        let target = dir.join("precious");
+        std::fs::write(&target, "do not truncate me").unwrap();
+        let planted = lock_path(&config);
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let error = lock(&config, Duration::ZERO).unwrap_err();
+        assert!(error.is_unsafe(), "{error}");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        assert!(
+            error.to_string().contains(&planted.display().to_string()),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            "do not truncate me"
+        );
+        std::fs::remove_file(&planted).unwrap();
+        // A directory there is refused too.
+        std::fs::create_dir(&planted).unwrap();
+        assert!(lock(&config, Duration::ZERO).unwrap_err().is_unsafe());
+        std::fs::remove_dir(&planted).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

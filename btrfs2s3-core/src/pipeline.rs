@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use btrfs2s3_btrfs::SendOptions;
@@ -19,6 +20,8 @@ use snafu::Snafu;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
+
+use crate::trust::{SYSTEM_PATH, Trustee, Untrusted, is_dangerous_variable, resolve_program};
 
 /// How much of a command's standard error we keep for the error message.
 const STDERR_TAIL_BYTES: usize = 2048;
@@ -75,6 +78,50 @@ pub enum PipelineError {
     },
 }
 
+/// One command of a pipeline: its arguments as written (for messages and the plan), and the
+/// program it runs — looked up and checked once, when the config is loaded (see
+/// [`crate::trust::resolve_program`]). Serialized as its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeCommand {
+    argv: Vec<String>,
+    program: PathBuf,
+}
+
+impl PipeCommand {
+    /// A command as written, its program not looked up yet (it runs as found in
+    /// [`SYSTEM_PATH`]). `argv` is not empty.
+    #[must_use]
+    pub fn new(argv: Vec<String>) -> PipeCommand {
+        let program = PathBuf::from(argv.first().map_or("", String::as_str));
+        PipeCommand { argv, program }
+    }
+
+    /// The command with its program looked up and checked: nobody but root and `trustee`
+    /// can change it.
+    pub fn resolved(argv: Vec<String>, trustee: Trustee) -> Result<PipeCommand, Untrusted> {
+        let program = resolve_program(argv.first().map_or("", String::as_str), trustee)?;
+        Ok(PipeCommand { argv, program })
+    }
+
+    /// Its arguments as written, the program's name first.
+    #[must_use]
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// The program it runs.
+    #[must_use]
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+}
+
+impl serde::Serialize for PipeCommand {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.argv.serialize(serializer)
+    }
+}
+
 /// A command line for messages: `zstd -T0`.
 struct CommandLine<'a>(&'a [String]);
 
@@ -120,7 +167,7 @@ impl Chain {
     /// error, the commands started so far are in the chain (to be killed and waited for).
     fn spawn(
         role: &'static str,
-        commands: &[Vec<String>],
+        commands: &[PipeCommand],
         first_stdin: Stdio,
         last_stdout: Stdio,
     ) -> (Chain, Result<(), PipelineError>) {
@@ -147,8 +194,17 @@ impl Chain {
             } else {
                 Stdio::piped()
             };
-            let spawned = Command::new(&command[0])
-                .args(&command[1..])
+            let mut spawn = Command::new(command.program());
+            // The commands run with the system's PATH, and without the variables that change
+            // what a program loads before its own code (LD_PRELOAD...).
+            spawn.env("PATH", SYSTEM_PATH);
+            for (name, _) in std::env::vars_os() {
+                if is_dangerous_variable(&name) {
+                    spawn.env_remove(name);
+                }
+            }
+            let spawned = spawn
+                .args(&command.argv()[1..])
                 .stdin(stdin)
                 .stdout(stdout)
                 .stderr(Stdio::piped())
@@ -159,7 +215,7 @@ impl Chain {
                 Err(source) => {
                     let error = PipelineError::Spawn {
                         role,
-                        command: command.clone(),
+                        command: command.argv().to_vec(),
                         source,
                     };
                     return (chain, Err(error));
@@ -179,7 +235,7 @@ impl Chain {
                 }
             });
             chain.running.push(Running {
-                command: command.clone(),
+                command: command.argv().to_vec(),
                 child,
                 stderr,
             });
@@ -242,7 +298,7 @@ pub async fn upload_snapshot(
     key: &str,
     snapshot: OwnedFd,
     options: SendOptions,
-    pipe_through: &[Vec<String>],
+    pipe_through: &[PipeCommand],
     upload_options: &UploadOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
@@ -332,7 +388,7 @@ async fn stage(
 pub async fn download_into(
     remote: &Remote,
     key: &str,
-    commands: &[Vec<String>],
+    commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
     let (mut chain, started) = Chain::spawn("command", commands, Stdio::piped(), Stdio::null());
@@ -400,7 +456,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_pipes_of_a_chain_are_widened() {
-        let commands = [vec!["cat".to_owned()], vec!["cat".to_owned()]];
+        let commands = [
+            PipeCommand::new(vec!["cat".to_owned()]),
+            PipeCommand::new(vec!["cat".to_owned()]),
+        ];
         let (mut chain, started) =
             Chain::spawn("command", &commands, Stdio::piped(), Stdio::piped());
         started.expect("cat starts");

@@ -20,6 +20,7 @@ use serde::Serialize;
 use snafu::Snafu;
 use uuid::Uuid;
 
+use crate::pipeline::PipeCommand;
 use crate::storage::{LockSettings, StorageClasses};
 
 /// Everything the planner needs to know, gathered by [`crate::real::RealWorld::open`] (and
@@ -97,7 +98,7 @@ pub struct UploadTarget {
     /// The preservation policy for this pair.
     pub preserve: Params,
     /// The commands the stream goes through.
-    pub pipe_through: Vec<Vec<String>>,
+    pub pipe_through: Vec<PipeCommand>,
     /// The storage classes of new backups; the bucket's default without.
     pub storage_classes: Option<StorageClasses>,
 }
@@ -286,7 +287,7 @@ pub struct UploadSpec {
     /// The snapshot to send against; `None` for a full backup.
     pub send_parent: Option<SnapshotRef>,
     /// The commands the stream goes through.
-    pub pipe_through: Vec<Vec<String>>,
+    pub pipe_through: Vec<PipeCommand>,
     /// How the object is stored.
     #[serde(skip_serializing_if = "is_default")]
     pub options: UploadOptions,

@@ -77,6 +77,13 @@ pub enum AssessError {
         /// Why.
         source: Box<btrfs2s3_s3::Error>,
     },
+    /// Someone other than root (or the user running btrfs2s3) can change a snapshot
+    /// directory, where root destroys subvolumes.
+    #[snafu(transparent)]
+    Untrusted {
+        /// Who, and how to fix it.
+        source: crate::trust::Untrusted,
+    },
     /// The config locks backups in a bucket without Object Lock.
     #[snafu(display(
         "remote {remote}: bucket {bucket} does not have Object Lock enabled (or its server does not support it), but the config sets object_lock; create a bucket with Object Lock enabled, or remove object_lock"
@@ -126,7 +133,8 @@ impl AssessError {
                 | AssessError::SameSource { .. }
                 | AssessError::SourceName { .. }
                 | AssessError::ObjectLockDisabled { .. }
-        )
+                | AssessError::Untrusted { .. }
+        ) || matches!(self, AssessError::Locked { source, .. } if source.is_unsafe())
     }
 }
 
@@ -241,6 +249,7 @@ fn open_local(sources: &[SourceConfig]) -> Result<(OpenedSources, OpenedDirs), A
             let dir = SnapshotDir::open(&source.snapshots).context(SnapshotDirectorySnafu {
                 path: &source.snapshots,
             })?;
+            trusted_snapshot_directory(&source.snapshots)?;
             dirs.insert(source.snapshots.clone(), Arc::new(dir));
         }
         dirs[&source.snapshots]
@@ -255,6 +264,23 @@ fn open_local(sources: &[SourceConfig]) -> Result<(OpenedSources, OpenedDirs), A
 
 /// How far this machine's clock may be from a server's when backups get locks.
 const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// Root destroys subvolumes in a snapshot directory: nobody else may be able to change it
+/// (not even with a sticky bit), nor a directory above it.
+fn trusted_snapshot_directory(dir: &Path) -> Result<(), AssessError> {
+    use crate::trust::{Kind, Trustee, check_directories, check_metadata};
+    let trustee = Trustee::current();
+    let inspect = |source| crate::trust::Untrusted::Inspect {
+        kind: Kind::SnapshotDirectory,
+        path: dir.to_path_buf(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(dir).map_err(inspect)?;
+    let metadata = std::fs::metadata(&canonical).map_err(inspect)?;
+    check_metadata(Kind::SnapshotDirectory, dir, &metadata, trustee)?;
+    check_directories(&canonical, trustee)?;
+    Ok(())
+}
 
 /// Connects to and lists each remote some source uses, once however many sources use it. In
 /// a bucket with Object Lock, the retention of every backup of the config's sources is read

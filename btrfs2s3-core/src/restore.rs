@@ -11,7 +11,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, SelectError, Selection};
-use crate::pipeline::{PipelineError, download_into};
+use crate::pipeline::{PipeCommand, PipelineError, download_into};
+use crate::trust::{Trustee, Untrusted};
 
 /// One backup to restore, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,22 +69,42 @@ pub fn received_uuids(dest: &Path) -> Result<BTreeSet<Uuid>, btrfs2s3_btrfs::Err
         .collect())
 }
 
-/// Streams backup `key` through `pipe_through` into `btrfs receive DEST`. If that fails, the
-/// half-received subvolume it leaves (writable, without a received uuid) is deleted, so that
-/// running the restore again starts that backup afresh.
+/// The commands a stream goes through on its way back: `pipe_through` (as the user typed
+/// them), then `btrfs receive --chroot DEST`, or `btrfs receive --dump` without a destination (which
+/// parses every command of the stream and checks its checksums without writing anything).
+/// Every program is looked up and checked like the config's.
+pub fn receive_chain(
+    pipe_through: &[Vec<String>],
+    dest: Option<&Path>,
+    trustee: Trustee,
+) -> Result<Vec<PipeCommand>, Untrusted> {
+    // `--chroot`: the stream comes from a bucket others may write to; whatever paths it
+    // names, `btrfs receive` confined to DEST cannot write outside it.
+    let receive: Vec<String> = match dest {
+        Some(dest) => vec!["--chroot".to_owned(), dest.to_string_lossy().into_owned()],
+        None => vec!["--dump".to_owned()],
+    };
+    pipe_through
+        .iter()
+        .cloned()
+        .chain([["btrfs".to_owned(), "receive".to_owned()]
+            .into_iter()
+            .chain(receive)
+            .collect()])
+        .map(|argv| PipeCommand::resolved(argv, trustee))
+        .collect()
+}
+
+/// Streams backup `key` through `commands` (see [`receive_chain`]) into DEST. If that fails,
+/// the half-received subvolume it leaves (writable, without a received uuid) is deleted, so
+/// that running the restore again starts that backup afresh.
 pub async fn receive(
     remote: &Remote,
     key: &str,
     dest: &Path,
-    pipe_through: &[Vec<String>],
+    commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
-    let mut commands = pipe_through.to_vec();
-    commands.push(vec![
-        "btrfs".to_owned(),
-        "receive".to_owned(),
-        dest.to_string_lossy().into_owned(),
-    ]);
     // The directory is looked at on a blocking thread: btrfs calls stay off the runtime's
     // workers.
     let dest = dest.to_path_buf();
@@ -100,7 +121,7 @@ pub async fn receive(
     .map_err(|error| PipelineError::Internal {
         message: format!("the thread that looked at the destination failed: {error}"),
     })?;
-    let result = download_into(remote, key, &commands, progress).await;
+    let result = download_into(remote, key, commands, progress).await;
     if result.is_err()
         && let Some(dir) = directory
     {
@@ -124,21 +145,15 @@ fn delete_partial(dir: &SnapshotDir, before: &BTreeSet<u64>) {
     }
 }
 
-/// Streams backup `key` through `pipe_through` into `btrfs receive --dump`, which parses every
-/// command of the stream and checks its checksums without writing a filesystem.
+/// Streams backup `key` through `commands` (see [`receive_chain`] without a destination), which
+/// checks it without writing anything.
 pub async fn verify(
     remote: &Remote,
     key: &str,
-    pipe_through: &[Vec<String>],
+    commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
-    let mut commands = pipe_through.to_vec();
-    commands.push(vec![
-        "btrfs".to_owned(),
-        "receive".to_owned(),
-        "--dump".to_owned(),
-    ]);
-    download_into(remote, key, &commands, progress).await
+    download_into(remote, key, commands, progress).await
 }
 
 /// A command line that cannot be split into arguments.

@@ -13,10 +13,12 @@ use uuid::Uuid;
 use crate::cancel::Cancel;
 use crate::catalog::{self, Catalog, CatalogView, SelectError, Selection};
 use crate::config::{self, Config};
+use crate::pipeline::PipeCommand;
 use crate::pipeline::PipelineError;
 use crate::plan::BackupState;
 use crate::restore::{self, RestoreItem};
 use crate::run::archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, make_readable};
+use crate::trust::{Trustee, Untrusted};
 
 /// The remotes a read command reads, and the time zone it shows times in.
 #[derive(Debug, Clone)]
@@ -133,6 +135,12 @@ pub enum ReadError {
         /// Why.
         source: SelectError,
     },
+    /// A command the stream goes through cannot be trusted.
+    #[snafu(transparent)]
+    Program {
+        /// Why.
+        source: Untrusted,
+    },
     /// A restore reads one remote.
     #[snafu(display("a restore reads one remote, not {count}"))]
     NotOneRemote {
@@ -172,6 +180,7 @@ impl ReadError {
             self,
             ReadError::Destination { .. }
                 | ReadError::NotOneRemote { .. }
+                | ReadError::Program { .. }
                 | ReadError::Select {
                     source: SelectError::Unknown { .. }
                 }
@@ -256,7 +265,7 @@ pub struct RestorePlan {
     pub dest: PathBuf,
     /// Every selected backup, parents first, those already in the destination marked.
     pub items: Vec<RestoreItem>,
-    pipe_through: Vec<Vec<String>>,
+    commands: Vec<PipeCommand>,
     remote: Remote,
 }
 
@@ -305,6 +314,11 @@ pub async fn prepare_restore(
             count: target.remotes.len(),
         });
     };
+    let commands = restore::receive_chain(
+        &options.pipe_through,
+        Some(&options.dest),
+        Trustee::current(),
+    )?;
     let dest = options.dest.clone();
     let present = tokio::task::spawn_blocking(move || restore::received_uuids(&dest))
         .await
@@ -321,7 +335,7 @@ pub async fn prepare_restore(
         remote_id: remote.id.clone(),
         dest: options.dest,
         items,
-        pipe_through: options.pipe_through,
+        commands,
         remote: client,
     })
 }
@@ -353,7 +367,7 @@ pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport 
             &plan.remote,
             &item.key,
             &plan.dest,
-            &plan.pipe_through,
+            &plan.commands,
             &progress,
         )
         .await;
@@ -439,6 +453,7 @@ pub async fn verify(
     ui: &impl VerifyUi,
     cancel: &Cancel,
 ) -> Result<VerifyReport, ReadError> {
+    let commands = restore::receive_chain(&options.pipe_through, None, Trustee::current())?;
     let mut report = VerifyReport {
         checked: 0,
         problems: 0,
@@ -504,8 +519,7 @@ pub async fn verify(
             };
             ui.started(transfer);
             let progress = |bytes| ui.progress(bytes);
-            let result =
-                restore::verify(client, &backup.key, &options.pipe_through, &progress).await;
+            let result = restore::verify(client, &backup.key, &commands, &progress).await;
             ui.finished(transfer, &result);
             // A stream cut short by a signal says nothing about the backup.
             if cancel.is_cancelled() {

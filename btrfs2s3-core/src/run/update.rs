@@ -134,7 +134,11 @@ impl UpdateError {
     /// of something that worked before.
     #[must_use]
     pub fn is_setup_error(&self) -> bool {
-        matches!(self, UpdateError::Assess { source } if source.is_setup_error())
+        match self {
+            UpdateError::Assess { source } => source.is_setup_error(),
+            UpdateError::Lock { source } => source.is_unsafe(),
+            _ => false,
+        }
     }
 }
 
