@@ -1350,7 +1350,10 @@ remotes:
         assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
         assert!(config.warnings[0].contains("chmod 600"));
         let commands = &config.sources[0].upload_to_remotes[0].pipe_through;
-        assert!(commands.iter().all(|c| c.program().is_absolute()), "{commands:?}");
+        assert!(
+            commands.iter().all(|c| c.program().is_absolute()),
+            "{commands:?}"
+        );
         assert_eq!(commands[1].argv(), ["sh", "-c", "cat"], "as written");
         std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(load(&world_readable).unwrap().warnings.is_empty());
@@ -1360,7 +1363,11 @@ remotes:
         assert!(error.message.contains("chmod go-w"), "{error}");
         // And one whose program is not on the system's PATH.
         std::fs::set_permissions(&world_readable, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(&world_readable, text.replace("[cat]", "[no-such-btrfs2s3-tool]")).unwrap();
+        std::fs::write(
+            &world_readable,
+            text.replace("[cat]", "[no-such-btrfs2s3-tool]"),
+        )
+        .unwrap();
         let error = load(&world_readable).unwrap_err();
         assert!(
             error
