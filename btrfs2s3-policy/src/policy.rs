@@ -176,6 +176,30 @@ impl Policy {
         }
     }
 
+    /// The earliest instant after `now` at which a new span of one of the policy's timeframes
+    /// begins: the end of the shortest span containing `now`; `None` for a policy that
+    /// preserves nothing. Evaluated between `now` and then, the policy preserves the same
+    /// spans, except those whose [`preserved_until`](Policy::preserved_until) falls in
+    /// between: a scheduler that wakes at the earlier of the two misses no decision.
+    ///
+    /// ```
+    /// use btrfs2s3_policy::Policy;
+    /// use jiff::{Timestamp, tz::TimeZone};
+    ///
+    /// let tz = TimeZone::get("Europe/Berlin")?;
+    /// let now: Timestamp = "2026-05-20T12:34:56Z".parse()?;
+    /// let daily = Policy::new("1y 30d".parse()?, tz.clone(), now);
+    /// assert_eq!(daily.next_span_start(), Some("2026-05-21T00:00:00+02:00".parse()?));
+    /// let hourly = Policy::new("1y 24h".parse()?, tz.clone(), now);
+    /// assert_eq!(hourly.next_span_start(), Some("2026-05-20T13:00:00Z".parse()?));
+    /// assert_eq!(Policy::new("0y".parse()?, tz, now).next_span_start(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn next_span_start(&self) -> Option<Timestamp> {
+        self.spans_containing(self.now).map(|span| span.end()).min()
+    }
+
     /// The spans of `timeframe` that the policy preserves, most recent first.
     pub fn preserved_spans(&self, timeframe: Timeframe) -> impl Iterator<Item = TimeSpan> + '_ {
         let mut cursor = Some(TimeSpan::containing(timeframe, self.now, &self.tz));
@@ -362,6 +386,45 @@ mod tests {
                     + ((until.as_second() - now.as_second()) as f64 * fraction) as i64;
                 let between = Timestamp::from_second(between).unwrap();
                 proptest::prop_assert!(at(between).preserves(&span), "{span} not at {between}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Nothing changes before the next span starts, except what `preserved_until` says.
+        #[test]
+        fn decisions_stay_until_the_next_span_start(
+            zone in proptest::sample::select(ZONES),
+            preserve in proptest::sample::select(POLICIES),
+            now in 1_700_000_000i64..1_900_000_000,
+            age in 0i64..40_000_000,
+            fraction in 0.0f64..1.0,
+        ) {
+            let tz = TimeZone::get(zone).unwrap();
+            let now = Timestamp::from_second(now).unwrap();
+            let at = |instant: Timestamp| Policy::new(preserve.parse().unwrap(), tz.clone(), instant);
+            let policy = at(now);
+            let next = policy.next_span_start().unwrap();
+            proptest::prop_assert!(next > now);
+            let last = Timestamp::from_second(next.as_second() - 1).unwrap();
+            // The newest spans are still the ones containing now.
+            let newest: Vec<_> = policy.spans_containing(now).collect();
+            proptest::prop_assert_eq!(&at(last).spans_containing(last).collect::<Vec<_>>(), &newest);
+            proptest::prop_assert_ne!(at(next).spans_containing(next).collect::<Vec<_>>(), newest);
+            let instant = Timestamp::from_second(now.as_second() - age).unwrap();
+            for span in policy.spans_containing(instant).collect::<Vec<_>>() {
+                let until = policy.preserved_until(&span).map_or(next, |until| until.min(next));
+                #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+                let between = now.as_second()
+                    + ((until.as_second() - 1 - now.as_second()) as f64 * fraction) as i64;
+                let between = Timestamp::from_second(between.max(now.as_second())).unwrap();
+                proptest::prop_assert_eq!(
+                    at(between).preserves(&span),
+                    policy.preserves(&span),
+                    "{} at {}", span, between
+                );
             }
         }
     }
