@@ -26,6 +26,8 @@ pub struct Lock {
     path: PathBuf,
     /// A side file holding our pid, removed on drop.
     pid_file: Option<PathBuf>,
+    /// The pid the previous holder of a config's lock left in the lock file.
+    previous_holder: Option<u32>,
 }
 
 impl Lock {
@@ -33,6 +35,14 @@ impl Lock {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The pid of the process that held a config's lock before us, as it left it in the
+    /// lock file (the file keeps it after that process ended); `None` if the file was new.
+    /// A daemon that finds another pid there knows another run came in between.
+    #[must_use]
+    pub fn previous_holder(&self) -> Option<u32> {
+        self.previous_holder
     }
 }
 
@@ -307,6 +317,7 @@ fn lock_blocking(
     let file = open_side_file(&path)?;
     match flock(file, &path, wait, cancel) {
         Ok(mut lock) => {
+            let previous_holder = read_pid(&mut *lock);
             lock.set_len(0).map_err(io)?;
             lock.rewind().map_err(io)?;
             writeln!(lock, "{}", std::process::id()).map_err(io)?;
@@ -314,6 +325,7 @@ fn lock_blocking(
                 _flock: lock,
                 path,
                 pid_file: None,
+                previous_holder,
             })
         }
         Err((mut file, LockError::Held { path, waited, .. })) => Err(LockError::Held {
@@ -371,6 +383,7 @@ fn lock_directory_blocking(
                 _flock: lock,
                 path: dir.to_path_buf(),
                 pid_file: Some(pid_file),
+                previous_holder: None,
             })
         }
         Err((_, LockError::Held { path, waited, .. })) => Err(LockError::Held {
@@ -444,6 +457,25 @@ mod tests {
         lock_directory_async(&dir, Duration::ZERO, &never)
             .await
             .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_lock_file_tells_who_held_it_before() {
+        let (dir, config) = scratch("previous");
+        let _ = std::fs::remove_file(lock_path(&config));
+        let first = lock(&config, Duration::ZERO).unwrap();
+        assert_eq!(first.previous_holder(), None, "a new lock file");
+        drop(first);
+        let second = lock(&config, Duration::ZERO).unwrap();
+        assert_eq!(second.previous_holder(), Some(std::process::id()));
+        drop(second);
+        // Another process ran in between: it left its pid.
+        std::fs::write(lock_path(&config), "4242\n").unwrap();
+        let third = lock(&config, Duration::ZERO).unwrap();
+        assert_eq!(third.previous_holder(), Some(4242));
+        drop(third);
+        std::fs::remove_file(lock_path(&config)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
