@@ -9,6 +9,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -225,22 +226,40 @@ impl RequestError {
         self.attempts
     }
 
-    pub(crate) fn new<E, R>(error: &SdkError<E, R>, attempts: u32) -> RequestError
+    pub(crate) fn new<E>(error: &SdkError<E, HttpResponse>, attempts: u32) -> RequestError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: fmt::Debug,
     {
         let (message, code) = match error {
             SdkError::ServiceError(service) => {
                 let inner = service.err();
                 let code = inner.code().map(str::to_owned);
-                let status = service.raw();
+                let response = service.raw();
                 let message = match (inner.code(), inner.message()) {
                     (Some(code), Some(message)) => format!("{code}: {message}"),
                     (Some(code), None) => code.to_owned(),
                     _ => format!("{}", DisplayErrorContext(inner)),
                 };
-                (format!("{message} ({status:?})"), code)
+                // The status, and the request id a provider's support asks for.
+                let request_id = response
+                    .headers()
+                    .get("x-amz-request-id")
+                    .map(|id| {
+                        let id: String = id
+                            .chars()
+                            .filter(char::is_ascii_graphic)
+                            .take(128)
+                            .collect();
+                        format!(", request id {id}")
+                    })
+                    .unwrap_or_default();
+                (
+                    format!(
+                        "{message} (HTTP {}{request_id})",
+                        response.status().as_u16()
+                    ),
+                    code,
+                )
             }
             other => (format!("{}", DisplayErrorContext(other)), None),
         };

@@ -11,6 +11,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{EncodingType, ObjectIdentifier};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use snafu::ResultExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -294,16 +295,15 @@ impl Remote {
         &self.client
     }
 
-    pub(crate) fn request_error<E, R>(
+    pub(crate) fn request_error<E>(
         &self,
         operation: &'static str,
         key: Option<&str>,
         counter: &AttemptCounter,
-        error: &SdkError<E, R>,
+        error: &SdkError<E, HttpResponse>,
     ) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: fmt::Debug,
     {
         Error::Request {
             operation,
