@@ -12,6 +12,7 @@
 //! | 3 | another run of the same config holds the lock |
 #![forbid(unsafe_code)]
 
+mod daemon;
 mod output;
 mod progress;
 mod remotes;
@@ -60,6 +61,12 @@ enum Command {
     /// Check that backups are intact: every stream parses and its checksums match, and every
     /// chain is complete.
     Verify(remotes::VerifyArgs),
+    /// Run until stopped: a backup cycle whenever a source changed (at most every
+    /// --interval) or the policy expires backups, on listings kept in memory.
+    Daemon(daemon::DaemonArgs),
+    /// Show each source's newest backup in each remote, its age, and broken chains; exit 1
+    /// if one is too old (--max-age) or broken.
+    Status(daemon::StatusArgs),
 }
 
 /// Arguments of `update`.
@@ -82,8 +89,54 @@ pub struct UpdateArgs {
     /// to this many seconds for it instead of giving up at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub wait: u64,
+    /// After the run, write metrics for Prometheus to FILE (text format, replaced
+    /// atomically; counters carry over from the file).
+    #[arg(long, value_name = "FILE", conflicts_with = "pretend")]
+    pub metrics: Option<PathBuf>,
+    /// Health-check URL (healthchecks.io, Uptime Kuma): GET URL/start before the run, then
+    /// POST URL after a run that went well or URL/fail after one that did not.
+    #[arg(long, value_name = "URL", conflicts_with = "pretend")]
+    pub ping: Option<String>,
     /// The configuration file.
     pub config: PathBuf,
+}
+
+/// Loads a config for a command that needs all of it, printing its warnings; `None` after
+/// printing why it cannot be loaded.
+fn load_config(path: &std::path::Path) -> Option<btrfs2s3_core::config::Config> {
+    match btrfs2s3_core::config::load(path) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("btrfs2s3: warning: {warning}");
+            }
+            Some(config)
+        }
+        Err(error) => {
+            eprintln!("btrfs2s3: {error}");
+            None
+        }
+    }
+}
+
+/// A duration like `15m`, `1h30m`, `2d` or `90s` (a day is 24 hours), or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    use jiff::{SpanRelativeTo, Unit};
+    let invalid =
+        |detail: String| format!("{text:?} is not a duration like 15m, 1h30m, 2d: {detail}");
+    if let Ok(seconds) = text.trim().parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(seconds));
+    }
+    let span: jiff::Span = text
+        .trim()
+        .parse()
+        .map_err(|e: jiff::Error| invalid(e.to_string()))?;
+    let seconds = span
+        .total((Unit::Second, SpanRelativeTo::days_are_24_hours()))
+        .map_err(|e| invalid(e.to_string()))?;
+    if !(0.0..=1e12).contains(&seconds) {
+        return Err(invalid("out of range".to_owned()));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
@@ -142,6 +195,39 @@ fn main() -> ExitCode {
         Command::List(args) => remotes::list(&args),
         Command::Restore(args) => remotes::restore(&args),
         Command::Verify(args) => remotes::verify(&args),
+        Command::Daemon(args) => daemon::daemon(&args),
+        Command::Status(args) => daemon::status(&args),
     };
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        for (text, seconds) in [
+            ("15m", 900),
+            ("1s", 1),
+            ("24h", 86_400),
+            ("2d", 172_800),
+            ("1h30m", 5400),
+            ("1h 30m", 5400),
+            ("90", 90),
+            ("1w", 604_800),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
+        }
+        for text in ["", "-5m", "1mo", "soon"] {
+            let parsed = parse_duration(text);
+            assert!(parsed.is_err(), "{text}: {parsed:?}");
+        }
+    }
 }

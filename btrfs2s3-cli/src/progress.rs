@@ -112,3 +112,27 @@ impl Observer for Progress {
         self.end(&describe_action(action), &describe_result(result), transfer);
     }
 }
+
+/// Implements [`Observer`] for a type by handing every call to its [`Progress`] field.
+macro_rules! observe_through {
+    ($type:ty, $field:ident) => {
+        impl btrfs2s3_core::execute::Observer for $type {
+            fn started(&self, action: &btrfs2s3_core::plan::Action) {
+                self.$field.started(action);
+            }
+
+            fn progress(&self, bytes: u64) {
+                self.$field.progress(bytes);
+            }
+
+            fn finished(
+                &self,
+                action: &btrfs2s3_core::plan::Action,
+                result: &btrfs2s3_core::execute::ActionResult,
+            ) {
+                self.$field.finished(action, result);
+            }
+        }
+    };
+}
+pub(crate) use observe_through;

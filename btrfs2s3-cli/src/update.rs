@@ -2,15 +2,18 @@
 //! report's messages and exit code. The run itself is `btrfs2s3_core::run::update`.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::Instant;
 
 use btrfs2s3_core::config;
 use btrfs2s3_core::error_chain;
-use btrfs2s3_core::execute::{ActionResult, Observer, Outcome};
-use btrfs2s3_core::plan::{Action, Plan, RemoteState};
+use btrfs2s3_core::execute::Outcome;
+use btrfs2s3_core::metrics::{Metrics, RunRecord};
+use btrfs2s3_core::ping::{Pinger, Signal};
+use btrfs2s3_core::plan::{Plan, RemoteState};
 use btrfs2s3_core::run::{
     self, Choice, Interruption, Mode, Ui, Undone, UpdateEnd, UpdateError, UpdateOptions,
 };
-use btrfs2s3_core::text::escape;
+use btrfs2s3_core::text::{escape, escape_os};
 
 use crate::{UpdateArgs, exit, output, progress};
 
@@ -21,10 +24,31 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
         eprintln!("to run in unattended mode, use --force");
         return exit::FAILURE;
     }
+    let pinger = match args.ping.as_deref().map(Pinger::new).transpose() {
+        Ok(pinger) => pinger,
+        Err(error) => {
+            eprintln!("btrfs2s3: {error}");
+            return exit::USAGE;
+        }
+    };
+    let started = jiff::Timestamp::now();
+    let clock = Instant::now();
     let config = match config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("btrfs2s3: {error}");
+            // Loudly: a config that stopped loading stops the backups.
+            let monitor = Monitor {
+                args,
+                pinger: pinger.as_ref(),
+                started,
+                clock,
+            };
+            let summary = format!("failed: {error}");
+            crate::with_runtime(|_| async move {
+                monitor.finish(None, None, &summary).await;
+                exit::USAGE
+            });
             return exit::USAGE;
         }
     };
@@ -67,36 +91,105 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
         },
         wait: std::time::Duration::from_secs(args.wait),
         ask: !args.force && interactive,
+        min_snapshot_age: std::time::Duration::ZERO,
     };
     let terminal = Terminal {
         args,
         verbose,
         progress: progress::Progress::new(std::io::stderr().is_terminal() && !args.json),
     };
+    let monitor = Monitor {
+        args,
+        pinger: pinger.as_ref(),
+        started,
+        clock,
+    };
     crate::with_runtime(|cancel| async move {
+        monitor.start().await;
         let report = run::update(&config, &options, &terminal, &cancel).await;
         terminal.progress.finish();
-        let plan = report.plan.as_ref();
-        match &report.end {
-            UpdateEnd::Failed(error) => failed(error),
-            UpdateEnd::Shown | UpdateEnd::Declined => exit::OK,
-            UpdateEnd::NothingToDo => {
-                if !args.json {
-                    println!("nothing to do");
-                }
-                exit::OK
-            }
-            UpdateEnd::Undone(undone) => undo(undone),
-            UpdateEnd::Executed(outcome) => executed(plan, outcome, args.json),
-            UpdateEnd::Interrupted(interruption) => {
-                if let (Some(plan), Some(outcome), true) = (plan, &interruption.outcome, args.json)
-                {
-                    print_json(plan, Some(outcome));
-                }
-                interrupted(interruption)
+        let code = report_code(&report, args);
+        monitor
+            .finish(Some(&config), Some(&report), &report.summary())
+            .await;
+        code
+    })
+}
+
+/// What `--metrics` and `--ping` need to know about a run.
+struct Monitor<'a> {
+    args: &'a UpdateArgs,
+    pinger: Option<&'a Pinger>,
+    started: jiff::Timestamp,
+    clock: Instant,
+}
+
+impl Monitor<'_> {
+    /// Pings `URL/start`.
+    async fn start(&self) {
+        if let Some(pinger) = self.pinger
+            && let Err(error) = pinger.send(Signal::Start, "").await
+        {
+            eprintln!("btrfs2s3: warning: {}", escape(&error.to_string()));
+        }
+    }
+
+    /// Writes the metrics and pings the end; a failure of either is a warning.
+    async fn finish(
+        &self,
+        config: Option<&config::Config>,
+        report: Option<&run::UpdateReport>,
+        summary: &str,
+    ) {
+        if let Some(path) = &self.args.metrics {
+            let mut metrics = Metrics::load(path);
+            metrics.record(&RunRecord {
+                started: self.started,
+                duration: self.clock.elapsed(),
+                config,
+                report,
+            });
+            if let Err(error) = metrics.write(path) {
+                eprintln!(
+                    "btrfs2s3: warning: cannot write metrics to {}: {error}",
+                    escape_os(path.as_os_str())
+                );
             }
         }
-    })
+        if let Some(pinger) = self.pinger {
+            let signal = if report.is_some_and(run::UpdateReport::succeeded) {
+                Signal::Success
+            } else {
+                Signal::Fail
+            };
+            if let Err(error) = pinger.send(signal, summary).await {
+                eprintln!("btrfs2s3: warning: {}", escape(&error.to_string()));
+            }
+        }
+    }
+}
+
+/// Reports how a run ended; returns the exit code.
+fn report_code(report: &run::UpdateReport, args: &UpdateArgs) -> u8 {
+    let plan = report.plan.as_ref();
+    match &report.end {
+        UpdateEnd::Failed(error) => failed(error),
+        UpdateEnd::Shown | UpdateEnd::Declined => exit::OK,
+        UpdateEnd::NothingToDo => {
+            if !args.json {
+                println!("nothing to do");
+            }
+            exit::OK
+        }
+        UpdateEnd::Undone(undone) => undo(undone),
+        UpdateEnd::Executed(outcome) => executed(plan, outcome, args.json),
+        UpdateEnd::Interrupted(interruption) => {
+            if let (Some(plan), Some(outcome), true) = (plan, &interruption.outcome, args.json) {
+                print_json(plan, Some(outcome));
+            }
+            interrupted(interruption)
+        }
+    }
 }
 
 /// What `update` shows and asks on a terminal, or writes into a log.
@@ -106,19 +199,7 @@ struct Terminal<'a> {
     progress: progress::Progress,
 }
 
-impl Observer for Terminal<'_> {
-    fn started(&self, action: &Action) {
-        self.progress.started(action);
-    }
-
-    fn progress(&self, bytes: u64) {
-        self.progress.progress(bytes);
-    }
-
-    fn finished(&self, action: &Action, result: &ActionResult) {
-        self.progress.finished(action, result);
-    }
-}
+progress::observe_through!(Terminal<'_>, progress);
 
 impl Ui for Terminal<'_> {
     fn listed(&self, remote: &RemoteState) {

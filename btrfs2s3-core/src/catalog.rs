@@ -286,8 +286,9 @@ impl Catalog {
         Ok(ordered)
     }
 
-    /// How many send ancestors a backup has in the remote.
-    fn depth(&self, backup: &BackupState) -> usize {
+    /// How many send ancestors a backup has in the remote (0 for a full backup).
+    #[must_use]
+    pub fn depth(&self, backup: &BackupState) -> usize {
         let mut depth = 0;
         let mut current = backup;
         let mut seen = BTreeSet::new();

@@ -276,6 +276,42 @@ impl FakeWorld {
         }
     }
 
+    /// The options of an unattended run at the world's now.
+    pub fn options(&self, mode: crate::run::Mode) -> crate::run::UpdateOptions {
+        crate::run::UpdateOptions {
+            now: self.now,
+            mode,
+            wait: std::time::Duration::ZERO,
+            ask: false,
+            min_snapshot_age: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Runs the real update cycle on this world, from `assessment`.
+    pub fn cycle_from(
+        &mut self,
+        assessment: Assessment,
+        options: &crate::run::UpdateOptions,
+        ui: &impl crate::run::Ui,
+        cancel: &Cancel,
+    ) -> crate::run::UpdateReport {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(crate::run::cycle(self, assessment, options, ui, cancel))
+    }
+
+    /// Runs the real update cycle on this world as it is.
+    pub fn cycle(
+        &mut self,
+        options: &crate::run::UpdateOptions,
+        ui: &impl crate::run::Ui,
+        cancel: &Cancel,
+    ) -> crate::run::UpdateReport {
+        let assessment = self.assessment();
+        self.cycle_from(assessment, options, ui, cancel)
+    }
+
     /// The snapshot `snapshot` refers to, if it is still there under that name.
     fn snapshot_mut(&mut self, snapshot: &SnapshotRef) -> Result<&mut SnapshotState, WorldError> {
         let name = &snapshot.name;
@@ -449,4 +485,24 @@ impl World for FakeWorld {
         }
         Ok(())
     }
+}
+
+/// A config whose one source, `/pool/home`, is backed up to each `(remote, preserve)`: what
+/// [`FakeWorld::add_source`] makes, as a config file would say it.
+pub fn config(timezone: &str, uploads: &[(&str, &str)]) -> crate::config::Config {
+    use std::fmt::Write as _;
+    let mut yaml = format!(
+        "timezone: {timezone}\nsources:\n  - path: /pool/home\n    snapshots: /pool/.snapshots\n    upload_to_remotes:\n"
+    );
+    for (remote, preserve) in uploads {
+        let _ = write!(yaml, "      - id: {remote}\n        preserve: {preserve}\n");
+    }
+    yaml.push_str("remotes:\n");
+    for (remote, _) in uploads {
+        let _ = write!(
+            yaml,
+            "  - id: {remote}\n    s3:\n      bucket: bucket-{remote}\n"
+        );
+    }
+    crate::config::parse(std::path::Path::new("/etc/btrfs2s3.yaml"), &yaml).expect("a valid config")
 }

@@ -8,14 +8,18 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cancel;
 pub mod catalog;
 pub mod config;
+pub mod daemon;
 pub mod execute;
 pub mod failpoint;
 #[cfg(test)]
 mod fake;
 pub mod lock;
+pub mod metrics;
+pub mod ping;
 pub mod pipeline;
 pub mod plan;
 pub mod real;

@@ -17,6 +17,7 @@ use snafu::{ResultExt, Snafu};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cache::ListingCache;
 use crate::config::{Config, SourceConfig};
 use crate::plan::{
     AbortUpload, Assessment, BackupState, ExtendLock, Origin, RemoteState, SnapshotRef,
@@ -159,19 +160,23 @@ pub struct RealWorld {
     sources: HashMap<PathBuf, Arc<Subvolume>>,
     dirs: HashMap<PathBuf, Arc<SnapshotDir>>,
     remotes: HashMap<String, Connected>,
+    /// The remotes that were listed (the others came from the cache), in config order.
+    listed: Vec<String>,
     /// The snapshot directories' locks, held until the run ends.
     _locks: Vec<crate::lock::Lock>,
 }
 
 impl RealWorld {
     /// Opens everything `config` names and reads the state at `now`: the sources, their
-    /// snapshots and every remote some source uses. The snapshot directories stay locked
-    /// (waiting up to `wait` for another run) until the world is dropped. Changes nothing.
+    /// snapshots and every remote some source uses — as `cache` remembers it, or listed (and
+    /// then remembered, when there is a cache). The snapshot directories stay locked (waiting up to `wait` for
+    /// another run) until the world is dropped. Changes nothing.
     pub async fn open(
         config: &Config,
         now: Timestamp,
         wait: Duration,
         cancel: &CancellationToken,
+        cache: Option<&mut ListingCache>,
     ) -> Result<(RealWorld, Assessment), AssessError> {
         let worker = |message| AssessError::Worker { message };
         // Open everything local first: any problem stops us before anything is changed.
@@ -191,7 +196,7 @@ impl RealWorld {
             locks.push(lock);
         }
         let source_uuids: Vec<Uuid> = opened.iter().map(|s| s.info().uuid).collect();
-        let (remotes, clients) = list_remotes(config, &source_uuids, cancel).await?;
+        let (remotes, clients, listed) = list_remotes(config, &source_uuids, cancel, cache).await?;
         let mut sources = Vec::new();
         for (subvolume, source_config) in opened.iter().zip(&config.sources) {
             let dir = Arc::clone(&dirs[&source_config.snapshots]);
@@ -218,9 +223,25 @@ impl RealWorld {
                 .collect(),
             dirs,
             remotes: clients,
+            listed,
             _locks: locks,
         };
         Ok((world, assessment))
+    }
+
+    /// The remotes that were listed rather than taken from the cache, in config order.
+    #[must_use]
+    pub fn listed(&self) -> &[String] {
+        &self.listed
+    }
+
+    /// Tells `cache` what the run learned about the buckets (whether they keep versions).
+    pub fn teach(&self, cache: &mut ListingCache) {
+        for (id, connected) in &self.remotes {
+            if let Some(versioned) = connected.versioned {
+                cache.set_versioned(id, versioned);
+            }
+        }
     }
 }
 
@@ -282,14 +303,18 @@ fn trusted_snapshot_directory(dir: &Path) -> Result<(), AssessError> {
     Ok(())
 }
 
-/// Connects to and lists each remote some source uses, once however many sources use it. In
-/// a bucket with Object Lock, the retention of every backup of the config's sources is read
-/// too.
+/// The remotes a run uses, their clients, and the ids of those that were listed.
+type Remotes = (Vec<RemoteState>, HashMap<String, Connected>, Vec<String>);
+
+/// Connects to each remote some source uses, once however many sources use it, and lists it
+/// unless `cache` remembers it. In a bucket with Object Lock, the retention of every backup
+/// of the config's sources is read too.
 async fn list_remotes(
     config: &Config,
     sources: &[Uuid],
     cancel: &CancellationToken,
-) -> Result<(Vec<RemoteState>, HashMap<String, Connected>), AssessError> {
+    mut cache: Option<&mut ListingCache>,
+) -> Result<Remotes, AssessError> {
     let used = config.remotes.iter().filter(|remote| {
         config.sources.iter().any(|source| {
             source
@@ -300,14 +325,31 @@ async fn list_remotes(
     });
     let mut remotes = Vec::new();
     let mut clients = HashMap::new();
+    let mut listed = Vec::new();
     for remote in used {
+        if let Some((state, versioned)) = cache.as_deref().and_then(|cache| cache.get(&remote.id)) {
+            let client = Remote::connect(&remote.s3)
+                .await
+                .map_err(|source| AssessError::ListRemote {
+                    remote: remote.id.clone(),
+                    source: Box::new(source),
+                })?
+                .with_cancellation(cancel.clone());
+            remotes.push(state.clone());
+            clients.insert(remote.id.clone(), Connected { client, versioned });
+            continue;
+        }
         let (state, client) = list_remote(remote, sources, cancel).await?;
         // Object lock implies versions; otherwise the first delete asks.
         let versioned = state.lock_enabled.then_some(true);
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.store(state.clone(), versioned, Timestamp::now());
+        }
         remotes.push(state);
         clients.insert(remote.id.clone(), Connected { client, versioned });
+        listed.push(remote.id.clone());
     }
-    Ok((remotes, clients))
+    Ok((remotes, clients, listed))
 }
 
 async fn list_remote(

@@ -12,23 +12,25 @@
 //! 5. an interrupted run leaves none of the snapshots it created but those it uploaded;
 //! 6. in the remote with object lock, no run deletes a locked backup or shortens a lock, and
 //!    after a run that went well every kept backup is locked until its keep-until and the
-//!    margin.
+//!    margin;
+//! 7. a daemon's cached listing, updated by its runs' actions, is what a new listing would
+//!    say, however the runs ended (when nobody else changed the bucket).
 //!
 //! The number of histories is `BTRFS2S3_SAFETY_HISTORIES` (default 2,000; `cargo xtask test`
 //! runs 100,000 in a release build).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use btrfs2s3_s3::BackupMeta;
 use jiff::SignedDuration;
 use proptest::prelude::*;
 
+use crate::cache::ListingCache;
 use crate::cancel::Cancel;
 use crate::execute::{ActionResult, Outcome, Silent};
 use crate::fake::FakeWorld;
 use crate::plan::{Action, Origin, Plan};
-use crate::run::{Mode, UpdateEnd, UpdateOptions, UpdateReport, cycle};
+use crate::run::{Mode, UpdateEnd, UpdateReport};
 use crate::storage::LockSettings;
 use btrfs2s3_s3::LockMode;
 
@@ -134,18 +136,34 @@ fn all_snapshots(world: &FakeWorld) -> Vec<(std::path::PathBuf, u64)> {
 }
 
 /// Runs the real `update` cycle on the fake world.
-fn cycle_on(world: &mut FakeWorld, mode: Mode, cancel: &Cancel) -> Result<UpdateReport, String> {
-    let options = UpdateOptions {
-        now: world.now,
-        mode,
-        wait: Duration::ZERO,
-        ask: false,
-    };
-    let assessment = world.assessment();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok(runtime.block_on(cycle(world, assessment, &options, &Silent, cancel)))
+fn cycle_on(world: &mut FakeWorld, mode: Mode, cancel: &Cancel) -> UpdateReport {
+    let options = world.options(mode);
+    world.cycle(&options, &Silent, cancel)
+}
+
+/// Sets up the failures of a run: uploads to a remote fail; the world crashes, or the run
+/// is interrupted, after that many operations. Returns the run's cancellation.
+fn arm(
+    world: &mut FakeWorld,
+    failing_remote: Option<usize>,
+    crash_after: Option<usize>,
+    interrupt_after: Option<usize>,
+) -> Cancel {
+    let cancel = Cancel::new();
+    world.failing_remotes = failing_remote
+        .map(|r| REMOTES[r].to_owned())
+        .into_iter()
+        .collect();
+    world.crash_after = crash_after;
+    world.interrupt_after = interrupt_after.map(|n| (n, cancel.clone()));
+    cancel
+}
+
+/// The run is over: the world works again.
+fn disarm(world: &mut FakeWorld) {
+    world.failing_remotes.clear();
+    world.crash_after = None;
+    world.interrupt_after = None;
 }
 
 /// One run with its checks; returns its report. An error is the message of a property that
@@ -157,18 +175,10 @@ fn run(
     interrupt_after: Option<usize>,
 ) -> Result<UpdateReport, String> {
     let before = world.objects.clone();
-    let cancel = Cancel::new();
-    world.failing_remotes = failing_remote
-        .map(|r| REMOTES[r].to_owned())
-        .into_iter()
-        .collect();
-    world.crash_after = crash_after;
-    world.interrupt_after = interrupt_after.map(|n| (n, cancel.clone()));
+    let cancel = arm(world, failing_remote, crash_after, interrupt_after);
     world.log.clear();
-    let report = cycle_on(world, Mode::Real, &cancel)?;
-    world.failing_remotes.clear();
-    world.crash_after = None;
-    world.interrupt_after = None;
+    let report = cycle_on(world, Mode::Real, &cancel);
+    disarm(world);
     let empty = Outcome {
         results: Vec::new(),
     };
@@ -299,7 +309,7 @@ fn kept_backups_are_locked(world: &FakeWorld, plan: &Plan) -> Result<(), String>
 
 /// 4. A run that went well leaves nothing to do, not even a snapshot to take.
 fn nothing_left_to_do(world: &mut FakeWorld) -> Result<(), String> {
-    let again = cycle_on(world, Mode::Pretend, &Cancel::new())?;
+    let again = cycle_on(world, Mode::Pretend, &Cancel::new());
     match (&again.plan, &again.end) {
         (Some(plan), UpdateEnd::Shown) if plan.actions.is_empty() => Ok(()),
         (plan, end) => Err(format!(
@@ -394,6 +404,47 @@ fn apply(world: &mut FakeWorld, event: &Event) -> Result<Option<UpdateReport>, S
     Ok(None)
 }
 
+/// A run on the listings `cache` remembers (the others listed and remembered), then the
+/// cache updated as the daemon does; property 7 checked.
+fn run_cached(
+    world: &mut FakeWorld,
+    cache: &mut ListingCache,
+    failing_remote: Option<usize>,
+    crash_after: Option<usize>,
+    interrupt_after: Option<usize>,
+) -> Result<(), String> {
+    let cancel = arm(world, failing_remote, crash_after, interrupt_after);
+    let mut assessment = world.assessment();
+    for remote in &mut assessment.remotes {
+        match cache.get(&remote.id) {
+            Some((cached, _)) => *remote = cached.clone(),
+            None => cache.store(remote.clone(), None, world.now),
+        }
+    }
+    let options = world.options(Mode::Real);
+    let report = world.cycle_from(assessment, &options, &Silent, &cancel);
+    disarm(world);
+    if let Some(outcome) = report.outcome() {
+        cache.record(outcome);
+    }
+    let listed = world.assessment();
+    for fresh in &listed.remotes {
+        let Some((cached, _)) = cache.get(&fresh.id) else {
+            continue;
+        };
+        if cached.backups != fresh.backups
+            || cached.pending_uploads != fresh.pending_uploads
+            || cached.foreign_objects != fresh.foreign_objects
+        {
+            return Err(format!(
+                "the cache of {} is not what a listing says after {:?}:\ncached {:?}\nlisted {:?}",
+                fresh.id, report.end, cached.backups, fresh.backups
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn histories() -> u32 {
     std::env::var("BTRFS2S3_SAFETY_HISTORIES")
         .ok()
@@ -419,6 +470,34 @@ proptest! {
         // And however it went, a final quiet run repairs everything.
         if let Err(message) = run(&mut world, None, None, None) {
             prop_assert!(false, "the final run: {message}");
+        }
+    }
+
+    #[test]
+    fn a_cached_listing_is_what_a_new_listing_says(
+        zone in prop::sample::select(ZONES),
+        policies in [prop::sample::select(POLICIES), prop::sample::select(POLICIES), prop::sample::select(POLICIES)],
+        events in proptest::collection::vec(event(), 1..24),
+    ) {
+        let mut world = world(zone, policies);
+        let mut cache = ListingCache::new();
+        for (n, event) in events.iter().enumerate() {
+            let result = match event {
+                Event::Run { failing_remote, crash_after, interrupt_after } => {
+                    run_cached(&mut world, &mut cache, *failing_remote, *crash_after, *interrupt_after)
+                }
+                other => {
+                    // Someone else changed the bucket: the daemon would not know until it
+                    // lists again; here it lists again at once.
+                    if matches!(other, Event::DeleteObject(..) | Event::PutForeign(..)) {
+                        cache.clear();
+                    }
+                    apply(&mut world, other).map(|_| ())
+                }
+            };
+            if let Err(message) = result {
+                prop_assert!(false, "after event {n} ({event:?}) at {}: {message}", world.now);
+            }
         }
     }
 }

@@ -82,6 +82,29 @@ pub fn is_safe_component(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 
+/// A duration in its two largest units: `1d 2h`, `12h`, `5m 30s`, `0s`.
+#[must_use]
+pub fn human_duration(seconds: u64) -> String {
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let parts: Vec<String> = units
+        .iter()
+        .scan(seconds, |left, (unit, size)| {
+            let n = *left / size;
+            *left %= size;
+            Some((n, unit))
+        })
+        .skip_while(|(n, _)| *n == 0)
+        .take(2)
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +138,15 @@ mod tests {
                 proptest::prop_assert_ne!(ea, eb);
             }
         }
+    }
+
+    #[test]
+    fn durations_in_two_units() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(3600), "1h");
+        assert_eq!(human_duration(86_400 + 7200 + 60), "1d 2h");
+        assert_eq!(human_duration(86_400 + 60), "1d");
+        assert_eq!(human_duration(330), "5m 30s");
     }
 }

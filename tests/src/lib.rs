@@ -6,6 +6,7 @@
 //! `cargo test`) it prints how to run them and returns `None`, and the test returns early.
 #![forbid(unsafe_code)]
 
+pub mod http;
 pub mod proxy;
 
 use std::path::PathBuf;

@@ -26,18 +26,12 @@ fn stdout(output: &Output) -> String {
 /// request, a 3-second timeout; one source with 12 MiB of new data (a 3-part upload).
 fn behind_proxy(env: &'static TestEnv, test: &str) -> (Fixture, FaultProxy) {
     let fixture = Fixture::new(env, test, &["moto"]);
-    let (_, server, bucket) = &fixture.remotes[0];
-    let proxy = FaultProxy::start(&server.endpoint);
-    let yaml = format!(
-        "timezone: UTC\nsources:\n  - path: {}\n    snapshots: {}\n    upload_to_remotes:\n      - id: moto\n        preserve: 1y\nremotes:\n  - id: moto\n    s3:\n      bucket: {bucket}\n      part_size_mib: 5\n      parts_in_flight: 2\n      max_attempts: 3\n      timeout_seconds: 3\n      endpoint:\n        endpoint_url: {}\n        region_name: {}\n        aws_access_key_id: {}\n        aws_secret_access_key: {}\n",
-        fixture.source.display(),
-        fixture.snapshots.display(),
-        proxy.endpoint(),
-        server.region,
-        server.access_key_id,
-        server.secret_access_key,
+    let proxy = FaultProxy::start(&fixture.remotes[0].1.endpoint);
+    fixture.write_config_through(
+        &proxy.endpoint(),
+        "1y",
+        "      part_size_mib: 5\n      parts_in_flight: 2\n      max_attempts: 3\n      timeout_seconds: 3\n",
     );
-    fixture.write_raw_config(&yaml);
     let data: Vec<u8> = (0..12u32 << 20)
         .map(|n| n.wrapping_mul(2_654_435_761).to_le_bytes()[2])
         .collect();

@@ -5,6 +5,7 @@
 
 mod archive;
 mod read;
+mod status;
 mod update;
 
 pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
@@ -13,7 +14,8 @@ pub use read::{
     Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list, make_restorable,
     prepare_restore, restore, verify,
 };
+pub use status::{NewestBackup, PairStatus, StatusOptions, StatusReport, status};
 pub use update::{
-    Choice, Interruption, Mode, Ui, Undone, UpdateEnd, UpdateError, UpdateOptions, UpdateReport,
-    cycle, needs_snapshot, update,
+    Choice, Interruption, Mode, NewestSnapshot, Ui, Undone, UpdateEnd, UpdateError, UpdateOptions,
+    UpdateReport, cycle, needs_snapshot, update, update_cached,
 };

@@ -189,7 +189,7 @@ impl ReadError {
 }
 
 /// Connects to `remote` and reads its catalog; a signal ends the wait.
-async fn read_catalog(
+pub(crate) async fn read_catalog(
     remote: &config::Remote,
     cancel: &Cancel,
 ) -> Result<(Remote, Catalog), ReadError> {

@@ -7,7 +7,9 @@
 //! the safety properties run the very rules a real run follows.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,14 +17,17 @@ use jiff::Timestamp;
 use snafu::{ResultExt, Snafu};
 use uuid::Uuid;
 
+use crate::cache::ListingCache;
 use crate::cancel::Cancel;
 use crate::config::Config;
-use crate::execute::{Observer, Outcome, Silent, execute};
+use crate::error_chain;
+use crate::execute::{ActionResult, Observer, Outcome, Silent, execute};
 use crate::lock::LockError;
 use crate::plan::{
     Action, Assessment, Origin, Plan, PlanError, RemoteState, SnapshotState, SourceState, plan,
 };
 use crate::real::{AssessError, RealWorld};
+use crate::text::escape;
 use crate::world::{World, WorldError};
 
 /// Whether a run may change the system.
@@ -35,7 +40,7 @@ pub enum Mode {
 }
 
 /// How to run `update`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateOptions {
     /// The instant the policies are evaluated at.
     pub now: Timestamp,
@@ -45,6 +50,9 @@ pub struct UpdateOptions {
     pub wait: Duration,
     /// Ask before acting ([`Ui::confirm`]); otherwise act at once (`--force`, unattended).
     pub ask: bool,
+    /// A source that changed gets a new snapshot only when its newest one is at least this
+    /// old (a daemon's `--interval`); zero for `update`.
+    pub min_snapshot_age: Duration,
 }
 
 /// What the person at the prompt chose.
@@ -194,6 +202,20 @@ pub struct UpdateReport {
     pub plan: Option<Plan>,
     /// How it ended.
     pub end: UpdateEnd,
+    /// The newest snapshot of each source that has one, new ones included, when the run got
+    /// as far as taking snapshots.
+    pub newest_snapshots: Vec<NewestSnapshot>,
+}
+
+/// The newest snapshot of a source (what a daemon schedules from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestSnapshot {
+    /// The source.
+    pub source: PathBuf,
+    /// The snapshot's ctransid: the source's generation when it was taken.
+    pub ctransid: u64,
+    /// When it was taken.
+    pub ctime: Timestamp,
 }
 
 impl UpdateReport {
@@ -201,31 +223,219 @@ impl UpdateReport {
         UpdateReport {
             plan: None,
             end: UpdateEnd::Failed(error),
+            newest_snapshots: Vec::new(),
+        }
+    }
+
+    /// Every action's outcome, when the plan was executed (completely or until an
+    /// interruption).
+    #[must_use]
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.end {
+            UpdateEnd::Executed(outcome) => Some(outcome),
+            UpdateEnd::Interrupted(interruption) => interruption.outcome.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the run did all it had to: nothing failed, nothing was left undone.
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        match &self.end {
+            UpdateEnd::NothingToDo | UpdateEnd::Shown => true,
+            UpdateEnd::Executed(outcome) => outcome.succeeded(),
+            UpdateEnd::Failed(_)
+            | UpdateEnd::Declined
+            | UpdateEnd::Undone(_)
+            | UpdateEnd::Interrupted(_) => false,
         }
     }
 }
 
-/// One `update` of `config`: takes the config's lock, opens and assesses the real world, then
-/// runs a [`cycle`].
+impl UpdateReport {
+    /// What the run did, in a line or a few: for a health-check ping, a log, a status.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        match &self.end {
+            UpdateEnd::Failed(error) => format!("failed: {}", escape(&error_chain(error))),
+            UpdateEnd::Shown => "plan shown".to_owned(),
+            UpdateEnd::NothingToDo => "nothing to do".to_owned(),
+            UpdateEnd::Declined => "declined at the prompt".to_owned(),
+            UpdateEnd::Undone(undone) => {
+                format!("undone: {} new snapshot(s) destroyed", undone.destroyed)
+            }
+            UpdateEnd::Executed(outcome) => {
+                let problems: Vec<_> = outcome.problems().collect();
+                if problems.is_empty() {
+                    return format!("done: {}", count_actions(outcome));
+                }
+                let mut text = format!(
+                    "{} of {} action(s) did not complete",
+                    problems.len(),
+                    outcome.results.len()
+                );
+                for problem in problems.iter().take(5) {
+                    let _ = write!(
+                        text,
+                        "\n{}: {}",
+                        action_name(&problem.action),
+                        escape(&result_text(&problem.result))
+                    );
+                }
+                if problems.len() > 5 {
+                    let _ = write!(text, "\nand {} more", problems.len() - 5);
+                }
+                text
+            }
+            UpdateEnd::Interrupted(interruption) => format!(
+                "interrupted by {}: {} of {} action(s) done",
+                interruption.cause.unwrap_or("a signal"),
+                interruption.done,
+                interruption.total
+            ),
+        }
+    }
+}
+
+/// `3 action(s): 1 upload, 2 delete` and the bytes uploaded.
+fn count_actions(outcome: &Outcome) -> String {
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut uploaded = 0;
+    for done in &outcome.results {
+        *kinds.entry(action_kind(&done.action)).or_default() += 1;
+        if let (Action::Upload(_), ActionResult::Done { bytes: Some(bytes) }) =
+            (&done.action, &done.result)
+        {
+            uploaded += bytes;
+        }
+    }
+    let kinds: Vec<String> = kinds
+        .into_iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    format!(
+        "{} action(s): {}; {uploaded} byte(s) uploaded",
+        outcome.results.len(),
+        kinds.join(", ")
+    )
+}
+
+/// The kind of an action, in a word.
+fn action_kind(action: &Action) -> &'static str {
+    match action {
+        Action::AbortUpload(_) => "abort",
+        Action::CreateSnapshot(_) => "snapshot",
+        Action::Rename(_) => "rename",
+        Action::Upload(_) => "upload",
+        Action::ExtendLock(_) => "lock",
+        Action::Destroy(_) => "destroy",
+        Action::Delete(_) => "delete",
+    }
+}
+
+/// An action and what it is about, shortly.
+fn action_name(action: &Action) -> String {
+    let kind = action_kind(action);
+    match action {
+        Action::AbortUpload(abort) => format!("{kind} {}: {}", abort.remote, escape(&abort.key)),
+        Action::Upload(upload) => format!(
+            "{kind} {}: {}",
+            upload.spec.remote,
+            escape(&upload.spec.key)
+        ),
+        Action::ExtendLock(extend) => {
+            format!("{kind} {}: {}", extend.remote, escape(&extend.key))
+        }
+        Action::Delete(delete) => format!("{kind} {}: {}", delete.remote, escape(&delete.key)),
+        Action::CreateSnapshot(create) => format!("{kind} {}", escape(&create.name)),
+        Action::Rename(rename) => format!("{kind} {}", escape(&rename.snapshot.name)),
+        Action::Destroy(destroy) => format!("{kind} {}", escape(&destroy.snapshot.name)),
+    }
+}
+
+fn result_text(result: &ActionResult) -> String {
+    match result {
+        ActionResult::Done { .. } => "done".to_owned(),
+        ActionResult::Failed { error } => format!("failed: {error}"),
+        ActionResult::Skipped { reason } => format!("skipped: {reason}"),
+    }
+}
+
+/// One `update` of `config`: takes the config's lock, opens and assesses the real world
+/// (listing every remote), then runs a [`cycle`].
 pub async fn update(
     config: &Config,
     options: &UpdateOptions,
     ui: &impl Ui,
     cancel: &Cancel,
 ) -> UpdateReport {
-    let _lock = match crate::lock::lock_async(&config.path, options.wait, cancel.token()).await {
+    run_update(config, options, None, ui, cancel).await
+}
+
+/// [`update`] with listings a long-running caller (the daemon) keeps between runs: remotes
+/// that `cache` remembers are not listed, and afterwards `cache` holds every remote as the
+/// run left it. If another process held the config's lock since this one last did (a manual
+/// `update` ran in between), the cache is cleared first: that run may have changed the
+/// buckets.
+pub async fn update_cached(
+    config: &Config,
+    options: &UpdateOptions,
+    cache: &mut ListingCache,
+    ui: &impl Ui,
+    cancel: &Cancel,
+) -> UpdateReport {
+    run_update(config, options, Some(cache), ui, cancel).await
+}
+
+async fn run_update(
+    config: &Config,
+    options: &UpdateOptions,
+    mut cache: Option<&mut ListingCache>,
+    ui: &impl Ui,
+    cancel: &Cancel,
+) -> UpdateReport {
+    let lock = match crate::lock::lock_async(&config.path, options.wait, cancel.token()).await {
         Ok(lock) => lock,
         Err(error) => return UpdateReport::failed(error.into()),
     };
-    let opened = RealWorld::open(config, options.now, options.wait, cancel.token()).await;
+    if let Some(cache) = cache.as_deref_mut()
+        && lock.previous_holder() != Some(std::process::id())
+    {
+        cache.clear();
+    }
+    let opened = RealWorld::open(
+        config,
+        options.now,
+        options.wait,
+        cancel.token(),
+        cache.as_deref_mut(),
+    )
+    .await;
     let (mut world, assessment) = match opened {
         Ok(opened) => opened,
-        Err(error) => return UpdateReport::failed(error.into()),
+        Err(error) => {
+            // A request failed, or the state is not what the cache says.
+            if let Some(cache) = cache {
+                cache.clear();
+            }
+            return UpdateReport::failed(error.into());
+        }
     };
-    for remote in &assessment.remotes {
+    for remote in assessment
+        .remotes
+        .iter()
+        .filter(|remote| world.listed().contains(&remote.id))
+    {
         ui.listed(remote);
     }
-    cycle(&mut world, assessment, options, ui, cancel).await
+    let report = cycle(&mut world, assessment, options, ui, cancel).await;
+    if let Some(cache) = cache {
+        world.teach(cache);
+        if let Some(outcome) = report.outcome() {
+            cache.record(outcome);
+        }
+    }
+    report
 }
 
 /// Everything of a run after the world was assessed: snapshot the sources that changed,
@@ -237,18 +447,44 @@ pub async fn cycle<W: World>(
     ui: &impl Ui,
     cancel: &Cancel,
 ) -> UpdateReport {
-    if let Err(error) = take_snapshots(world, &mut assessment, options.mode).await {
+    if let Err(error) = take_snapshots(world, &mut assessment, options).await {
         return UpdateReport::failed(error);
     }
+    let newest_snapshots = newest_snapshots(&assessment);
     let plan = match plan(&assessment) {
         Ok(plan) => plan,
-        Err(error) => return UpdateReport::failed(error.into()),
+        Err(error) => {
+            return UpdateReport {
+                newest_snapshots,
+                ..UpdateReport::failed(error.into())
+            };
+        }
     };
     let end = act(world, &plan, options, ui, cancel).await;
     UpdateReport {
         plan: Some(plan),
         end,
+        newest_snapshots,
     }
+}
+
+/// The newest snapshot of each source that has one.
+fn newest_snapshots(assessment: &Assessment) -> Vec<NewestSnapshot> {
+    assessment
+        .sources
+        .iter()
+        .filter_map(|source| {
+            let newest = source
+                .snapshots
+                .iter()
+                .max_by_key(|s| (s.ctransid, s.ctime))?;
+            Some(NewestSnapshot {
+                source: source.path.clone(),
+                ctransid: newest.ctransid,
+                ctime: newest.ctime,
+            })
+        })
+        .collect()
 }
 
 async fn act<W: World>(
@@ -306,6 +542,19 @@ pub fn needs_snapshot(source: &SourceState) -> bool {
         .is_none_or(|newest| source.ctransid > newest)
 }
 
+/// Whether the newest snapshot of `source` is at least `min_snapshot_age` old, or it has
+/// none, or the newest is from the future (the clock was set back: better a snapshot too
+/// many than none until the clock catches up).
+fn old_enough(source: &SourceState, options: &UpdateOptions) -> bool {
+    let Some(newest) = source.snapshots.iter().map(|snapshot| snapshot.ctime).max() else {
+        return true;
+    };
+    let age = options.now.duration_since(newest);
+    options.min_snapshot_age.is_zero()
+        || age.is_negative()
+        || age.unsigned_abs() >= options.min_snapshot_age
+}
+
 /// The temporary name of a new snapshot of `source_name`: `<name>.NEW.<pid>`, and
 /// `<name>.NEW.<pid>-<n>` for the n-th next one of the same name in this process (a daemon
 /// is one long process), so no two are ever the same.
@@ -329,14 +578,14 @@ fn new_snapshot_name(source_name: &str) -> String {
 async fn take_snapshots<W: World>(
     world: &mut W,
     assessment: &mut Assessment,
-    mode: Mode,
+    options: &UpdateOptions,
 ) -> Result<(), UpdateError> {
     for source in &mut assessment.sources {
-        if !needs_snapshot(source) {
+        if !needs_snapshot(source) || !old_enough(source, options) {
             continue;
         }
         let name = new_snapshot_name(&source.name);
-        let snapshot = match mode {
+        let snapshot = match options.mode {
             Mode::Real => {
                 let created = world
                     .create_snapshot(source, &name)
@@ -516,16 +765,68 @@ mod tests {
         cancel: &Cancel,
     ) -> UpdateReport {
         let options = UpdateOptions {
-            now: world.now,
-            mode,
-            wait: Duration::ZERO,
             ask,
+            ..world.options(mode)
         };
-        let assessment = world.assessment();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(cycle(world, assessment, &options, ui, cancel))
+        world.cycle(&options, ui, cancel)
+    }
+
+    #[test]
+    fn a_minimum_snapshot_age_holds_changes_back_until_it_passed() {
+        // The only snapshot is from 2026-03-01T00:00; the source changed since.
+        let cycle_at = |now: &str, min_snapshot_age: Duration| {
+            let mut world = changed();
+            world.now = now.parse().unwrap();
+            let options = UpdateOptions {
+                min_snapshot_age,
+                ..world.options(Mode::Real)
+            };
+            let report = world.cycle(&options, &Silent, &Cancel::new());
+            (snapshot_count(&world), report)
+        };
+        let fifteen = Duration::from_secs(900);
+        let (count, report) = cycle_at("2026-03-01T00:14:59Z", fifteen);
+        assert_eq!(count, 1, "too young: no new snapshot");
+        assert_eq!(
+            report.newest_snapshots,
+            [NewestSnapshot {
+                source: "/pool/home".into(),
+                ctransid: 100,
+                ctime: "2026-03-01T00:00:00Z".parse().unwrap(),
+            }]
+        );
+        let (count, report) = cycle_at("2026-03-01T00:15:00Z", fifteen);
+        assert_eq!(count, 2);
+        assert_eq!(report.newest_snapshots[0].ctransid, 107);
+        assert_eq!(cycle_at("2026-03-01T00:00:01Z", Duration::ZERO).0, 2);
+        // A newest snapshot from the future (the clock was set back) holds nothing back.
+        assert_eq!(cycle_at("2026-02-01T00:00:00Z", fifteen).0, 2);
+    }
+
+    #[test]
+    fn summaries_say_what_happened_in_a_line_or_a_few() {
+        let mut world = changed();
+        let ui = Scripted::answering(Choice::Execute);
+        let report = run(&mut world, Mode::Real, false, &ui, &Cancel::new());
+        assert_eq!(
+            report.summary(),
+            "done: 2 action(s): 1 rename, 1 upload; 100 byte(s) uploaded"
+        );
+        let report = run(&mut world, Mode::Real, false, &ui, &Cancel::new());
+        assert_eq!(report.summary(), "nothing to do");
+        world.touch(0);
+        world.now = "2026-03-09T12:00:00Z".parse().unwrap();
+        world.failing_remotes.insert("aws".to_owned());
+        let report = run(&mut world, Mode::Real, false, &ui, &Cancel::new());
+        let summary = report.summary();
+        assert!(
+            summary.starts_with("2 of 4 action(s) did not complete\nupload aws: home."),
+            "{summary}"
+        );
+        assert!(summary.contains("failed: injected failure"), "{summary}");
+        assert!(summary.contains("\ndelete aws: home."), "{summary}");
+        assert!(summary.contains("skipped: an upload"), "{summary}");
+        assert!(!report.succeeded());
     }
 
     fn snapshot_count(world: &FakeWorld) -> usize {

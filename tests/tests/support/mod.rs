@@ -154,6 +154,22 @@ impl Fixture {
         self.write_raw_config(&yaml);
     }
 
+    /// Writes a config (time zone UTC) with one source uploading to remote 0 only, with
+    /// `preserve`, reaching its server at `endpoint` (a proxy in front of it), with
+    /// `s3_settings` added to its `s3:` section (lines indented by six spaces).
+    pub fn write_config_through(&self, endpoint: &str, preserve: &str, s3_settings: &str) {
+        let (id, server, bucket) = &self.remotes[0];
+        let yaml = format!(
+            "timezone: UTC\nsources:\n  - path: {}\n    snapshots: {}\n    upload_to_remotes:\n      - id: {id}\n        preserve: {preserve}\nremotes:\n  - id: {id}\n    s3:\n      bucket: {bucket}\n{s3_settings}      endpoint:\n        endpoint_url: {endpoint}\n        region_name: {}\n        aws_access_key_id: {}\n        aws_secret_access_key: {}\n",
+            self.source.display(),
+            self.snapshots.display(),
+            server.region,
+            server.access_key_id,
+            server.secret_access_key,
+        );
+        self.write_raw_config(&yaml);
+    }
+
     pub fn write_raw_config(&self, yaml: &str) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::write(&self.config, yaml).unwrap();
@@ -197,6 +213,17 @@ impl Fixture {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A `--pretend` run plans nothing.
+    pub fn assert_nothing_to_do(&self, context: &str) {
+        let output = self.btrfs2s3(&["update", "--pretend"]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("actions: none"),
+            "{context}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Writes a file into the source and commits it.
