@@ -19,6 +19,8 @@ pub const SEAWEEDFS_VERSION: &str = "4.48";
 const PACKAGES: &[(&str, &str)] = &[
     ("btrfs-progs", "mkfs.btrfs"),
     ("libbtrfsutil-dev", "/usr/include/btrfsutil.h"),
+    // `systemd-analyze verify` checks the units in contrib/systemd.
+    ("systemd", "systemd-analyze"),
 ];
 
 /// The cache directory outside the repository, shared by runs on this machine.
