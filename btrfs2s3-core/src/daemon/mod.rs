@@ -329,9 +329,11 @@ pub fn next_policy_time(config: &Config, plan: &Plan) -> Option<Timestamp> {
     spans.chain(backups).filter(|at| *at > plan.now).min()
 }
 
-/// The sources, opened once, whose generations the daemon reads every few seconds.
+/// The sources whose generations the daemon reads every few seconds. Each look opens the
+/// source, reads its generation and closes it again: a daemon that kept them open would keep
+/// their filesystems from being unmounted.
 struct Watch {
-    sources: Vec<(PathBuf, Option<Subvolume>)>,
+    sources: Vec<PathBuf>,
     /// Sources that could not be read, already reported.
     reported: BTreeSet<PathBuf>,
 }
@@ -342,7 +344,7 @@ impl Watch {
             sources: config
                 .sources
                 .iter()
-                .map(|source| (source.path.clone(), None))
+                .map(|source| source.path.clone())
                 .collect(),
             reported: BTreeSet::new(),
         }
@@ -351,50 +353,35 @@ impl Watch {
     /// Each readable source's generation (ctransid). A source that cannot be read is left
     /// out (and reported once): a cycle would fail on it with the full story.
     async fn generations(&mut self, ui: &impl DaemonUi) -> BTreeMap<PathBuf, u64> {
-        let sources = std::mem::take(&mut self.sources);
-        let paths: Vec<PathBuf> = sources.iter().map(|(path, _)| path.clone()).collect();
+        let sources = self.sources.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let mut sources = sources;
-            let results: Vec<Result<u64, String>> = sources
-                .iter_mut()
-                .map(|(path, opened)| {
-                    if opened.is_none() {
-                        *opened = Some(Subvolume::open(&*path).map_err(|e| e.to_string())?);
-                    }
-                    let subvolume = opened.as_mut().ok_or_else(String::new)?;
-                    match subvolume.refresh() {
-                        Ok(info) => Ok(info.ctransid),
-                        Err(error) => {
-                            // Opened again next time: it may have been replaced.
-                            *opened = None;
-                            Err(error.to_string())
-                        }
-                    }
+            sources
+                .into_iter()
+                .map(|path| {
+                    let generation = Subvolume::open(&path)
+                        .map(|subvolume| subvolume.info().ctransid)
+                        .map_err(|error| error.to_string());
+                    (path, generation)
                 })
-                .collect();
-            (sources, results)
+                .collect::<Vec<_>>()
         })
         .await;
-        let Ok((sources, results)) = read else {
-            self.sources = paths.into_iter().map(|path| (path, None)).collect();
-            return BTreeMap::new();
-        };
-        self.sources = sources;
         let mut generations = BTreeMap::new();
-        for ((path, _), result) in self.sources.iter().zip(results) {
+        for (path, result) in read.unwrap_or_default() {
             match result {
                 Ok(generation) => {
-                    self.reported.remove(path);
-                    generations.insert(path.clone(), generation);
+                    self.reported.remove(&path);
+                    generations.insert(path, generation);
                 }
                 Err(message) => {
-                    if self.reported.insert(path.clone()) {
+                    if !self.reported.contains(&path) {
                         ui.event(Event::Warning {
                             message: format!(
                                 "cannot watch source {}: {message}",
                                 crate::text::escape_os(path.as_os_str())
                             ),
                         });
+                        self.reported.insert(path);
                     }
                 }
             }
