@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use btrfs2s3_core::daemon::{self, DaemonOptions, DaemonUi, Event};
-use btrfs2s3_core::error_chain;
 use btrfs2s3_core::ping::Pinger;
 use btrfs2s3_core::plan::{Plan, RemoteState};
 use btrfs2s3_core::run::{self, Choice, StatusOptions, StatusReport, Ui};
@@ -72,7 +71,7 @@ pub fn daemon(args: &DaemonArgs) -> u8 {
         match daemon::daemon(config, &options, &log, &cancel).await {
             Ok(()) => exit::OK,
             Err(error) => {
-                eprintln!("btrfs2s3: {}", escape(&error_chain(&error)));
+                crate::print_error(&error);
                 exit::FAILURE
             }
         }

@@ -101,6 +101,25 @@ pub struct UpdateArgs {
     pub config: PathBuf,
 }
 
+/// Whether `-v` was given.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `-v` was given.
+fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Prints an error on one line (escaped), and with `-v` the technical details of its causes.
+fn print_error(error: &(dyn std::error::Error + 'static)) {
+    use btrfs2s3_core::text::escape;
+    eprintln!("btrfs2s3: {}", escape(&btrfs2s3_core::error_chain(error)));
+    if verbose() {
+        for detail in btrfs2s3_core::error_details(error) {
+            eprintln!("  details: {}", escape(&detail));
+        }
+    }
+}
+
 /// Loads a config for a command that needs all of it, printing its warnings; `None` after
 /// printing why it cannot be loaded.
 fn load_config(path: &std::path::Path) -> Option<btrfs2s3_core::config::Config> {
@@ -190,6 +209,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     let code = match cli.command {
         Command::Update(args) => update::run(&args, cli.verbose),
         Command::List(args) => remotes::list(&args),

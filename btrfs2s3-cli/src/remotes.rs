@@ -79,7 +79,7 @@ fn target(args: &RemoteArgs, need_one: bool) -> Result<Target, u8> {
 
 /// The message and exit code of a read command that could not do its work.
 fn failed(error: &ReadError) -> u8 {
-    eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
+    crate::print_error(error);
     if error.is_usage() {
         exit::USAGE
     } else {

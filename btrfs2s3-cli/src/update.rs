@@ -5,8 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 use btrfs2s3_core::config;
-use btrfs2s3_core::error_chain;
-use btrfs2s3_core::execute::Outcome;
+use btrfs2s3_core::execute::{ActionResult, Outcome};
 use btrfs2s3_core::metrics::{Metrics, RunRecord};
 use btrfs2s3_core::ping::{Pinger, Signal};
 use btrfs2s3_core::plan::{Plan, RemoteState};
@@ -19,11 +18,6 @@ use crate::{UpdateArgs, exit, output, progress};
 
 /// Runs `update`; returns the exit code.
 pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
-    let interactive = std::io::stdin().is_terminal();
-    if !args.force && !args.pretend && !interactive {
-        eprintln!("to run in unattended mode, use --force");
-        return exit::FAILURE;
-    }
     let pinger = match args.ping.as_deref().map(Pinger::new).transpose() {
         Ok(pinger) => pinger,
         Err(error) => {
@@ -54,6 +48,12 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
     };
     for warning in &config.warnings {
         eprintln!("btrfs2s3: warning: {warning}");
+    }
+    // After the config: a bad config is exit 2 in every mode.
+    let interactive = std::io::stdin().is_terminal();
+    if !args.force && !args.pretend && !interactive {
+        eprintln!("to run in unattended mode, use --force");
+        return exit::FAILURE;
     }
     if verbose {
         // The programs the config's commands run, as looked up (see the security model).
@@ -245,7 +245,7 @@ impl Ui for Terminal<'_> {
 }
 
 fn failed(error: &UpdateError) -> u8 {
-    eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
+    crate::print_error(error);
     if error.is_locked() {
         exit::LOCKED
     } else if error.is_setup_error() {
@@ -265,7 +265,7 @@ fn undo(undone: &Undone) -> u8 {
             exit::OK
         }
         Some(error) => {
-            eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
+            crate::print_error(error);
             exit::FAILURE
         }
     }
@@ -273,7 +273,7 @@ fn undo(undone: &Undone) -> u8 {
 
 fn interrupted(interruption: &Interruption) -> u8 {
     for error in &interruption.failures {
-        eprintln!("btrfs2s3: {}", escape(&error_chain(error)));
+        crate::print_error(error);
     }
     eprintln!(
         "btrfs2s3: interrupted by {}: {} of {} action(s) done, nothing half-done left; {} new snapshot(s) removed",
@@ -319,6 +319,11 @@ fn executed(plan: Option<&Plan>, outcome: &Outcome, json: bool) -> u8 {
             output::describe_action(&problem.action),
             output::describe_result(&problem.result)
         );
+        if let (true, ActionResult::Failed { error }) = (crate::verbose(), &problem.result) {
+            for detail in btrfs2s3_core::error_details(error.error()) {
+                eprintln!("    details: {}", escape(&detail));
+            }
+        }
     }
     eprintln!("btrfs2s3: the next run picks up the failed work");
     exit::FAILURE

@@ -458,13 +458,133 @@ fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<
             "the file must be a mapping with the keys timezone, sources and remotes"
                 .clone_into(&mut message);
         }
-        message = friendlier(&message);
+        message = match position.and_then(|position| key_at(text, position)) {
+            Some((key, found)) => about_key(&key, &message, found),
+            None => friendlier(&message),
+        };
         ConfigError {
             path: path.to_path_buf(),
             position,
             message,
         }
     })
+}
+
+/// What kind of value starts at a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    List,
+    Mapping,
+    Scalar,
+}
+
+impl Found {
+    fn words(self) -> &'static str {
+        match self {
+            Found::List => "a list",
+            Found::Mapping => "a mapping",
+            Found::Scalar => "a single value",
+        }
+    }
+}
+
+/// The key whose value is at `position` (1-based line and column) of a YAML text, and what
+/// kind of value is there: the `key:` before it on its line, or the nearest line above that
+/// is less indented and ends in `key:`.
+fn key_at(text: &str, position: Position) -> Option<(String, Found)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let index = usize::try_from(position.line).ok()?.checked_sub(1)?;
+    let line = *lines.get(index)?;
+    let column = usize::try_from(position.column).ok()?.saturating_sub(1);
+    let (before, at) = line.split_at(
+        line.char_indices()
+            .nth(column)
+            .map_or(line.len(), |(i, _)| i),
+    );
+    let at = at.trim_start();
+    let found = if at.starts_with('[') || at.starts_with("- ") || at == "-" {
+        Found::List
+    } else if at.starts_with('{') || mapping_key(at).is_some() {
+        Found::Mapping
+    } else {
+        Found::Scalar
+    };
+    if let Some(key) = before
+        .trim_end()
+        .strip_suffix(':')
+        .and_then(mapping_key_end)
+    {
+        return Some((key, found));
+    }
+    // A value on the lines after its key: the key is above, less indented.
+    let indent = |line: &str| line.len() - line.trim_start_matches([' ', '-']).len();
+    let own = indent(line);
+    lines[..index]
+        .iter()
+        .rev()
+        .filter(|above| !above.trim().is_empty() && !above.trim_start().starts_with('#'))
+        .find(|above| indent(above) < own)
+        .and_then(|above| above.trim_end().strip_suffix(':').and_then(mapping_key_end))
+        .map(|key| (key, found))
+}
+
+/// The key `key: ...` starts with.
+fn mapping_key(text: &str) -> Option<String> {
+    let (key, _) = text.split_once(':')?;
+    let key = key.trim();
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| key.to_owned())
+}
+
+/// The key at the end of `... key` (a line's text before its `:`).
+fn mapping_key_end(text: &str) -> Option<String> {
+    let key = text
+        .rsplit([' ', '-', '{', ','])
+        .next()
+        .unwrap_or_default()
+        .trim();
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| key.to_owned())
+}
+
+/// What a key's value should look like, for messages.
+fn expected_value(key: &str) -> &'static str {
+    match key {
+        "preserve" => "a string like \"1y 3m 30d\"",
+        "timezone" => "a time zone name like \"Europe/Berlin\"",
+        "path" | "snapshots" | "ca_bundle" => "a path",
+        "id" => "a remote id",
+        "bucket" => "a bucket name",
+        "pipe_through" => "a list of commands, each a list like [zstd, -T0]",
+        "sources" => "a list of sources",
+        "remotes" => "a list of remotes",
+        "upload_to_remotes" => "a list of remotes to upload to",
+        "storage_class" => "a storage class, or a mapping from units to storage classes",
+        "object_lock" => "a mapping with mode (and extra)",
+        _ => "",
+    }
+}
+
+/// A YAML library message about the value of `key`, found to be `found`, in the words of a
+/// config's reader, naming the key.
+fn about_key(key: &str, message: &str, found: Found) -> String {
+    let expected = expected_value(key);
+    let kind = match message {
+        "expected sequence start" => Some("a list"),
+        "expected mapping start" => Some("a mapping (key: value)"),
+        "expected string scalar" => Some("a single value"),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        let wanted = if expected.is_empty() { kind } else { expected };
+        return format!("{key}: expected {wanted}, found {}", found.words());
+    }
+    let message = friendlier(message);
+    if message.starts_with(key) || message.contains(&format!("`{key}`")) {
+        message
+    } else {
+        format!("{key}: {message}")
+    }
 }
 
 /// The YAML library's messages in the words of a config's reader.
@@ -1120,7 +1240,7 @@ remotes:
                 "timezone: America/Los_Angeles",
                 "timezone: [UTC]",
                 Some((1, 11)),
-                "expected a single value",
+                "timezone: expected a time zone name like \"Europe/Berlin\", found a list",
             ),
             (
                 "timezone: America/Los_Angeles",
@@ -1133,6 +1253,18 @@ remotes:
                 "        preserve: 1m 1y",
                 Some((7, 19)),
                 "preserve: \"1y\" must come before \"1m\"",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h",
+                "        preserve: [1y]",
+                Some((7, 19)),
+                "preserve: expected a string like \"1y 3m 30d\", found a list",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h",
+                "        preserve:\n          y: 1",
+                Some((8, 11)),
+                "preserve: expected a string like \"1y 3m 30d\", found a mapping",
             ),
             (
                 "        preserve: 1y 3m 30d 24h",
@@ -1174,7 +1306,7 @@ remotes:
                 "          - [zstd, -T0]",
                 "          - zstd -T0",
                 Some((9, 13)),
-                "expected a list here",
+                "pipe_through: expected a list of commands, each a list like [zstd, -T0], found a single value",
             ),
             (
                 "      - id: local",

@@ -49,3 +49,18 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// The whole technical account of the causes of `error` that keep one (an S3 request's SDK
+/// error with its debug structures), outermost first: what `-v` adds to a one-line error.
+#[must_use]
+pub fn error_details(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut details = Vec::new();
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(request) = error.downcast_ref::<btrfs2s3_s3::RequestError>() {
+            details.push(request.detail().to_owned());
+        }
+        current = error.source();
+    }
+    details
+}

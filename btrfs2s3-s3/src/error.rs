@@ -204,20 +204,78 @@ fn describe_failures(failures: &[DeleteFailure]) -> String {
     text.join("; ")
 }
 
-/// A failed request: the server's error code and message or the network error, and how many
-/// attempts were made.
+/// A failed request, in plain words: what went wrong (the network, the server's error code
+/// and message), what to do about it where something is obvious, and how many attempts were
+/// made. The SDK's whole story, with its debug structures, is kept for `-v`
+/// ([`RequestError::detail`]).
 #[derive(Debug)]
 pub struct RequestError {
-    message: String,
-    code: Option<String>,
+    failure: Failure,
     attempts: u32,
+    /// Boxed: every `Result` of this crate carries an error, and most are `Ok`.
+    texts: Box<Texts>,
+}
+
+#[derive(Debug)]
+struct Texts {
+    message: String,
+    hint: Option<String>,
+    code: Option<String>,
+    detail: String,
+}
+
+/// What kind of failure a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// Nothing listens at the endpoint.
+    Refused,
+    /// The endpoint's host name does not resolve.
+    UnknownHost,
+    /// The TLS handshake failed (an untrusted or wrong certificate).
+    Tls,
+    /// No answer in time.
+    Timeout,
+    /// Another network failure.
+    Network,
+    /// No credentials were found.
+    NoCredentials,
+    /// The server does not know the access key, or the secret is wrong.
+    BadCredentials,
+    /// The credentials may not do this.
+    AccessDenied,
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// The bucket is in another region.
+    WrongRegion,
+    /// This machine's clock is too far from the server's.
+    ClockSkew,
+    /// Another answer of the server.
+    Service,
+    /// Anything else.
+    Other,
+}
+
+/// Where a request went, for messages: the endpoint URL, or AWS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) endpoint: Option<&'a str>,
+    pub(crate) bucket: &'a str,
+    pub(crate) operation: &'static str,
+}
+
+impl Target<'_> {
+    fn endpoint(&self) -> String {
+        self.endpoint
+            .map_or_else(|| "the AWS endpoint".to_owned(), str::to_owned)
+    }
 }
 
 impl RequestError {
     /// The S3 error code, e.g. `NoSuchBucket`, when the server answered.
     #[must_use]
     pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
+        self.texts.code.as_deref()
     }
 
     /// How many attempts were made before giving up.
@@ -226,21 +284,35 @@ impl RequestError {
         self.attempts
     }
 
-    pub(crate) fn new<E>(error: &SdkError<E, HttpResponse>, attempts: u32) -> RequestError
+    /// What kind of failure it was.
+    #[must_use]
+    pub fn failure(&self) -> Failure {
+        self.failure
+    }
+
+    /// The SDK's whole account of the failure, debug structures included (for `-v`).
+    #[must_use]
+    pub fn detail(&self) -> &str {
+        &self.texts.detail
+    }
+
+    pub(crate) fn new<E>(
+        error: &SdkError<E, HttpResponse>,
+        attempts: u32,
+        target: Target<'_>,
+    ) -> RequestError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (message, code) = match error {
+        let detail = format!("{}", DisplayErrorContext(error));
+        let (failure, message, code) = match error {
             SdkError::ServiceError(service) => {
                 let inner = service.err();
-                let code = inner.code().map(str::to_owned);
                 let response = service.raw();
-                let message = match (inner.code(), inner.message()) {
-                    (Some(code), Some(message)) => format!("{code}: {message}"),
-                    (Some(code), None) => code.to_owned(),
-                    _ => format!("{}", DisplayErrorContext(inner)),
-                };
-                // The status, and the request id a provider's support asks for.
+                let status = response.status().as_u16();
+                let code = inner.code().map(str::to_owned);
+                let failure = service_failure(code.as_deref(), inner.message(), status);
+                // The request id a provider's support asks for.
                 let request_id = response
                     .headers()
                     .get("x-amz-request-id")
@@ -253,33 +325,207 @@ impl RequestError {
                         format!(", request id {id}")
                     })
                     .unwrap_or_default();
+                let said = match (inner.code(), inner.message()) {
+                    (Some(code), Some(message)) => format!("{code}: {}", printable(message)),
+                    (Some(code), None) => code.to_owned(),
+                    _ => "no error code".to_owned(),
+                };
+                let message = match failure {
+                    Failure::NoSuchBucket => format!("the bucket does not exist ({said})"),
+                    Failure::AccessDenied => format!("access denied ({said})"),
+                    Failure::BadCredentials => {
+                        format!("the server refuses the credentials ({said})")
+                    }
+                    Failure::WrongRegion => format!("the bucket is in another region ({said})"),
+                    Failure::ClockSkew => {
+                        format!("this machine's clock is too far from the server's ({said})")
+                    }
+                    _ => said,
+                };
                 (
-                    format!(
-                        "{message} (HTTP {}{request_id})",
-                        response.status().as_u16()
-                    ),
+                    failure,
+                    format!("{message} (HTTP {status}{request_id})"),
                     code,
                 )
             }
-            other => (format!("{}", DisplayErrorContext(other)), None),
+            SdkError::TimeoutError(_) => (
+                Failure::Timeout,
+                format!("no answer from {} in time", target.endpoint()),
+                None,
+            ),
+            other => {
+                let (failure, cause) = transport_failure(other);
+                let message = match failure {
+                    Failure::Refused => {
+                        format!(
+                            "cannot connect to {}: connection refused",
+                            target.endpoint()
+                        )
+                    }
+                    Failure::UnknownHost => {
+                        format!("cannot connect to {}: unknown host", target.endpoint())
+                    }
+                    Failure::Tls => format!(
+                        "the TLS handshake with {} failed: {cause}",
+                        target.endpoint()
+                    ),
+                    Failure::Timeout => {
+                        format!("no answer from {} in time", target.endpoint())
+                    }
+                    Failure::NoCredentials => format!("no credentials: {cause}"),
+                    _ => format!("cannot reach {}: {cause}", target.endpoint()),
+                };
+                (failure, message, None)
+            }
         };
         RequestError {
-            message,
-            code,
+            failure,
             attempts,
+            texts: Box::new(Texts {
+                hint: hint(failure, target),
+                message,
+                code,
+                detail,
+            }),
+        }
+    }
+
+    /// A response body that broke off mid-stream.
+    pub(crate) fn broken_body(
+        error: &(dyn std::error::Error + 'static),
+        attempts: u32,
+    ) -> RequestError {
+        let (_, cause) = transport_failure(error);
+        RequestError {
+            failure: Failure::Network,
+            attempts,
+            texts: Box::new(Texts {
+                message: format!("the download broke off: {cause}"),
+                detail: format!("{}", DisplayErrorContext(error)),
+                hint: None,
+                code: None,
+            }),
         }
     }
 }
 
-impl RequestError {
-    /// A failure that is not an SDK error (a body that broke off mid-stream).
-    pub(crate) fn other(message: String, attempts: u32) -> RequestError {
-        RequestError {
-            message,
-            code: None,
-            attempts,
+/// Text from the network, on one line and without control characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect()
+}
+
+/// The kind of a service error, from its code, message and HTTP status.
+fn service_failure(code: Option<&str>, message: Option<&str>, status: u16) -> Failure {
+    // Some servers (Garage) say AccessDenied for a bad signature or an unknown key.
+    let about_credentials = message.is_some_and(|message| {
+        let message = message.to_ascii_lowercase();
+        message.contains("signature")
+            || message.contains("no such key")
+            || message.contains("access key")
+    });
+    match code {
+        Some("AccessDenied" | "Forbidden") if about_credentials => Failure::BadCredentials,
+        Some("NoSuchBucket") => Failure::NoSuchBucket,
+        Some("AccessDenied" | "AllAccessDisabled" | "Forbidden") => Failure::AccessDenied,
+        Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => {
+            Failure::BadCredentials
         }
+        Some(
+            "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException",
+        ) => Failure::WrongRegion,
+        Some("RequestTimeTooSkewed") => Failure::ClockSkew,
+        None if status == 403 => Failure::AccessDenied,
+        None if status == 301 => Failure::WrongRegion,
+        _ => Failure::Service,
     }
+}
+
+/// The kind of a failure before any answer, and its innermost cause in words.
+fn transport_failure(error: &(dyn std::error::Error + 'static)) -> (Failure, String) {
+    let mut failure = Failure::Network;
+    let mut cause = error.to_string();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return (Failure::Tls, tls.to_string());
+        }
+        let io = error.downcast_ref::<std::io::Error>();
+        if let Some(io) = io {
+            failure = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+                std::io::ErrorKind::TimedOut => Failure::Timeout,
+                _ if text.contains("failed to lookup address") => Failure::UnknownHost,
+                _ => failure,
+            };
+        }
+        if text.starts_with("dns error") || text.contains("failed to lookup address") {
+            failure = Failure::UnknownHost;
+        }
+        if text.contains("credentials") && failure == Failure::Network {
+            failure = Failure::NoCredentials;
+        }
+        cause = text;
+        // An I/O error hides the error it wraps (a TLS error, another I/O error) from the
+        // chain of sources.
+        current = match io.and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    (failure, cause)
+}
+
+/// What to do about a failure, where something is obvious.
+fn hint(failure: Failure, target: Target<'_>) -> Option<String> {
+    Some(match failure {
+        Failure::Refused => "check endpoint_url, and that the server is running".to_owned(),
+        Failure::UnknownHost => "check endpoint_url (the host name does not resolve)".to_owned(),
+        Failure::Tls => "check the server's certificate, or give the CA that signed it with verify: /path/to/ca.pem".to_owned(),
+        Failure::Timeout => "check the network and the server, or raise timeout_seconds".to_owned(),
+        Failure::NoCredentials => "give aws_access_key_id and aws_secret_access_key (or profile_name) in the config, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_owned(),
+        Failure::BadCredentials => "check aws_access_key_id and aws_secret_access_key (or the profile)".to_owned(),
+        Failure::AccessDenied => match permission(target.operation) {
+            Some(permission) => format!(
+                "the credentials need {permission} on bucket {}",
+                target.bucket
+            ),
+            None => format!("check the credentials' permissions on bucket {}", target.bucket),
+        },
+        Failure::NoSuchBucket => format!(
+            "check bucket ({}), endpoint_url and region_name; btrfs2s3 does not create buckets",
+            target.bucket
+        ),
+        Failure::WrongRegion => "check region_name".to_owned(),
+        Failure::ClockSkew => "set this machine's clock right (NTP)".to_owned(),
+        Failure::Network | Failure::Service | Failure::Other => return None,
+    })
+}
+
+/// The IAM permission an operation needs.
+fn permission(operation: &str) -> Option<&'static str> {
+    Some(match operation {
+        "list objects" => "s3:ListBucket",
+        "list multipart uploads" => "s3:ListBucketMultipartUploads",
+        "download" | "read the metadata" => "s3:GetObject",
+        "upload"
+        | "start a multipart upload"
+        | "upload a part"
+        | "complete the multipart upload" => "s3:PutObject",
+        "abort the multipart upload" => "s3:AbortMultipartUpload",
+        "delete objects" => "s3:DeleteObject (and s3:DeleteObjectVersion in a versioned bucket)",
+        "set the object-lock retention" => "s3:PutObjectRetention",
+        "list the versions" => "s3:ListBucketVersions",
+        "read the versioning of" => "s3:GetBucketVersioning",
+        "read the object lock configuration" => "s3:GetBucketObjectLockConfiguration",
+        "request a restore" => "s3:RestoreObject",
+        _ => return None,
+    })
 }
 
 impl fmt::Display for RequestError {
@@ -288,8 +534,12 @@ impl fmt::Display for RequestError {
         write!(
             f,
             "{} (after {} attempt{plural})",
-            self.message, self.attempts
-        )
+            self.texts.message, self.attempts
+        )?;
+        if let Some(hint) = &self.texts.hint {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ mod tls;
 mod upload;
 
 pub use archive::{Availability, Restore, RestoreTier, needs_restore};
-pub use error::{DeleteFailure, Error, RequestError};
+pub use error::{DeleteFailure, Error, Failure, RequestError};
 pub use key::{BackupMeta, KeyError, decode_key, format_ctime};
 pub use remote::{
     ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, Secret,

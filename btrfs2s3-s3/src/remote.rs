@@ -12,14 +12,13 @@ use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecks
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{EncodingType, ObjectIdentifier};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use snafu::ResultExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackupMeta;
 use crate::error::{
-    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, Error, RequestError, ServerDate,
+    AttemptCounter, BuildRequestSnafu, CaBundleSnafu, Error, RequestError, ServerDate, Target,
     WriteDownloadSnafu,
 };
 use crate::key::decode_key;
@@ -175,6 +174,8 @@ pub struct Listing {
 pub struct Remote {
     pub(crate) client: aws_sdk_s3::Client,
     pub(crate) bucket: String,
+    /// The endpoint URL, for messages; AWS's when `None`.
+    pub(crate) endpoint: Option<String>,
     pub(crate) upload: UploadSettings,
     /// Whether upload bodies go without a SHA-256 in their signature: over HTTPS, where TLS
     /// already guards the bytes in transit (as the AWS CLI does). Hashing every byte costs
@@ -264,6 +265,7 @@ impl Remote {
         Ok(Remote {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
+            endpoint: config.endpoint_url.clone(),
             upload: config.upload,
             unsigned_payload: config
                 .endpoint_url
@@ -309,7 +311,15 @@ impl Remote {
             operation,
             bucket: self.bucket.clone(),
             key: key.map(str::to_owned),
-            source: RequestError::new(error, counter.get()),
+            source: RequestError::new(
+                error,
+                counter.get(),
+                Target {
+                    endpoint: self.endpoint.as_deref(),
+                    bucket: &self.bucket,
+                    operation,
+                },
+            ),
         }
     }
 
@@ -408,7 +418,7 @@ impl Remote {
                 operation: "download",
                 bucket: self.bucket.clone(),
                 key: Some(key.to_owned()),
-                source: RequestError::other(format!("{}", DisplayErrorContext(e)), counter.get()),
+                source: RequestError::broken_body(&e, counter.get()),
             })?;
             let Some(chunk) = chunk else { break };
             writer.write_all(&chunk).await.context(WriteDownloadSnafu {

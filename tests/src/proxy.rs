@@ -80,6 +80,15 @@ impl Match {
             target_excludes: Some("partNumber="),
         }
     }
+    /// `DeleteObjects`.
+    #[must_use]
+    pub fn delete_objects() -> Match {
+        Match {
+            method: Some("POST"),
+            target_contains: "delete",
+            target_excludes: None,
+        }
+    }
     /// `GetObject`.
     #[must_use]
     pub fn get_object() -> Match {

@@ -145,7 +145,7 @@ fn cases(fixture: &Fixture, env: &TestEnv) -> Vec<Case> {
             "a timezone list",
             "timezone: Europe/Berlin",
             "timezone: [UTC]",
-            "expected a single value (a string) here",
+            "timezone: expected a time zone name like \"Europe/Berlin\", found a list",
             true,
         ),
         // sources.
@@ -160,7 +160,7 @@ fn cases(fixture: &Fixture, env: &TestEnv) -> Vec<Case> {
             "sources not a list",
             "sources:\n",
             "sources: all of them\nx:\n",
-            "expected a list here",
+            "sources: expected a list of sources, found a single value",
             true,
         ),
         case(
@@ -283,7 +283,7 @@ fn cases(fixture: &Fixture, env: &TestEnv) -> Vec<Case> {
             "pipe_through as a string",
             "        preserve: 1d\n",
             "        preserve: 1d\n        pipe_through: gzip\n",
-            "expected a list here",
+            "pipe_through: expected a list of commands, each a list like [zstd, -T0], found a single value",
             true,
         ),
         case(
@@ -601,4 +601,157 @@ fn malformed_command_lines_exit_2() {
         );
     }
     assert!(fixture.snapshot_names().is_empty());
+}
+
+/// What a failure of the network or the server prints must be one line a person can act
+/// on: what failed, on what, why in plain words, and what to do; no debug structures.
+fn assert_plain(output: &std::process::Output, expect: &[&str], context: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{context}: {stderr}");
+    for text in expect {
+        assert!(
+            stderr.contains(text),
+            "{context}: no {text:?} in:\n{stderr}"
+        );
+    }
+    for debug in [
+        "{ ",
+        "Some(",
+        "SdkBody",
+        "DispatchFailure",
+        "ConnectorError",
+    ] {
+        assert!(
+            !stderr.contains(debug),
+            "{context}: a debug structure ({debug}) in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn network_and_server_failures_say_what_to_do() {
+    use btrfs2s3_tests::proxy::{Fault, FaultProxy, Match};
+    let Some(env) = TestEnv::get("network_and_server_failures_say_what_to_do") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "failures", &["moto"]);
+    fixture.write("f", b"data");
+    let one_attempt = "      max_attempts: 1\n";
+    let update = || fixture.btrfs2s3(&["update", "--force"]);
+
+    fixture.write_config_through("http://127.0.0.1:1", "1d", one_attempt);
+    let refused = update();
+    assert_plain(
+        &refused,
+        &[
+            "cannot connect to http://127.0.0.1:1: connection refused",
+            "check endpoint_url",
+        ],
+        "refused",
+    );
+    // -v adds the whole technical story.
+    let verbose = fixture.btrfs2s3(&["-v", "update", "--force"]);
+    assert!(
+        String::from_utf8_lossy(&verbose.stderr).contains("  details: "),
+        "{}",
+        String::from_utf8_lossy(&verbose.stderr)
+    );
+
+    fixture.write_config_through("http://no-such-host.invalid:9000", "1d", one_attempt);
+    assert_plain(
+        &update(),
+        &["unknown host", "check endpoint_url"],
+        "unknown host",
+    );
+
+    fixture.write_config_through(&env.s3_tls.endpoint, "1d", one_attempt);
+    assert_plain(
+        &update(),
+        &["the TLS handshake with https://", "verify: /path/to/ca.pem"],
+        "TLS",
+    );
+
+    let good = std::fs::read_to_string(&fixture.config).unwrap();
+    let (_, server, bucket) = &fixture.remotes[0];
+    fixture.write_config_through(&server.endpoint, "1d", one_attempt);
+    let good_moto = std::fs::read_to_string(&fixture.config).unwrap();
+    fixture.write_raw_config(&good_moto.replace(bucket.as_str(), "no-such-bucket-here"));
+    assert_plain(
+        &update(),
+        &[
+            "the bucket does not exist",
+            "btrfs2s3 does not create buckets",
+        ],
+        "missing bucket",
+    );
+    drop(good);
+
+    // What a server says, through the proxy.
+    let proxy = FaultProxy::start(&server.endpoint);
+    fixture.write_config_through(&proxy.endpoint(), "1d", one_attempt);
+    for (matcher, code, expect) in [
+        (
+            Match::list_objects(),
+            "AccessDenied",
+            vec![
+                "access denied",
+                "the credentials need s3:ListBucket on bucket",
+            ],
+        ),
+        (
+            Match::list_objects(),
+            "RequestTimeTooSkewed",
+            vec!["clock is too far from the server's", "NTP"],
+        ),
+        (
+            Match::put_object(),
+            "AccessDenied",
+            vec!["the credentials need s3:PutObject on bucket"],
+        ),
+    ] {
+        proxy.clear();
+        proxy.add(matcher, Fault::Status(403, code), 100);
+        assert_plain(&update(), &expect, code);
+    }
+    proxy.clear();
+    fixture.write_config_through(&proxy.endpoint(), "1y 1m 1d", one_attempt);
+    fixture.update(&[]);
+    fixture.write("g", b"more");
+    fixture.update(&[]);
+    // A third backup the same day replaces the second: a delete, which is refused.
+    fixture.write("h", b"even more");
+    proxy.add(
+        Match::delete_objects(),
+        Fault::Status(403, "AccessDenied"),
+        100,
+    );
+    assert_plain(
+        &update(),
+        &["the credentials need s3:DeleteObject"],
+        "delete denied",
+    );
+}
+
+#[test]
+fn wrong_credentials_say_which() {
+    let Some(env) = TestEnv::get("wrong_credentials_say_which") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "credentials", &["garage"]);
+    fixture.write("f", b"data");
+    let (_, server, _) = &fixture.remotes[0];
+    let good = std::fs::read_to_string(&fixture.config).unwrap();
+    fixture.write_raw_config(&good.replace(
+        &format!("aws_secret_access_key: {}", server.secret_access_key),
+        "aws_secret_access_key: 0000000000000000000000000000000000000000000000000000000000000000",
+    ));
+    let output = fixture.btrfs2s3(&["update", "--force"]);
+    assert_plain(
+        &output,
+        &[
+            "the server refuses the credentials",
+            "check aws_access_key_id and aws_secret_access_key",
+        ],
+        "wrong secret",
+    );
 }

@@ -450,6 +450,20 @@ fn unattended_runs_need_force() {
         "to run in unattended mode, use --force"
     );
     assert!(fixture.snapshot_names().is_empty());
+    // The config is checked first: a missing one is a usage error, --force or not.
+    let missing = fixture.dir.join("no-such-config.yaml");
+    let output = Command::new(support::binary())
+        .arg("update")
+        .arg(&missing)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-config.yaml") && stderr(&output).contains("No such file"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
