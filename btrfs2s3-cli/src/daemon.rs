@@ -11,7 +11,8 @@ use btrfs2s3_core::plan::{Plan, RemoteState};
 use btrfs2s3_core::run::{self, Choice, StatusOptions, StatusReport, Ui};
 use btrfs2s3_core::text::{escape, escape_os, human_duration};
 
-use crate::output::{bytes, describe_action};
+use crate::output::{ShortIds, bytes, describe_action};
+use crate::paint::{Stream, Style, paint};
 use crate::progress::Progress;
 use crate::{exit, parse_duration};
 
@@ -105,12 +106,14 @@ impl Ui for Log {
                 broken.remote, broken.chain
             );
         }
+        let ids = ShortIds::of_plan(plan);
         if plan.has_work() {
             eprintln!("btrfs2s3: plan: {} action(s)", plan.actions.len());
             for action in &plan.actions {
-                eprintln!("  {}", describe_action(action));
+                eprintln!("  {}", describe_action(action, &ids, crate::verbose()));
             }
         }
+        self.progress.use_ids(ids);
         Ok(())
     }
 
@@ -225,9 +228,9 @@ fn print_status(report: &StatusReport) -> std::io::Result<()> {
                 pair.backups.to_string(),
                 bytes(pair.bytes),
                 if pair.problems.is_empty() {
-                    "ok".to_owned()
+                    paint("ok", Style::Added, Stream::Out)
                 } else {
-                    "PROBLEM".to_owned()
+                    paint("PROBLEM", Style::Removed, Stream::Out)
                 },
             ]
         })
@@ -252,4 +255,47 @@ fn print_status(report: &StatusReport) -> std::io::Result<()> {
         }
     }
     out.flush()
+}
+
+/// Arguments of `check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration file.
+    pub config: PathBuf,
+}
+
+/// `btrfs2s3 check`.
+pub fn check(args: &CheckArgs) -> u8 {
+    let Some(config) = crate::load_config(&args.config) else {
+        return exit::USAGE;
+    };
+    println!(
+        "{:<8} config {}: {} source(s), {} remote(s), time zone {}",
+        paint("ok", Style::Added, Stream::Out),
+        escape_os(config.path.as_os_str()),
+        config.sources.len(),
+        config.remotes.len(),
+        config.timezone_name
+    );
+    crate::with_runtime(|cancel| async move {
+        let print = |line: &run::CheckLine| {
+            let verdict = if line.ok {
+                paint("ok", Style::Added, Stream::Out)
+            } else {
+                paint("PROBLEM", Style::Removed, Stream::Out)
+            };
+            let pad = 8usize.saturating_sub(if line.ok { 2 } else { 7 });
+            println!(
+                "{verdict}{:pad$} {}: {}",
+                "",
+                line.subject,
+                escape(&line.text)
+            );
+        };
+        if run::check(&config, &print, &cancel).await {
+            exit::OK
+        } else {
+            exit::FAILURE
+        }
+    })
 }

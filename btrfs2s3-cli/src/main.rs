@@ -14,6 +14,7 @@
 
 mod daemon;
 mod output;
+mod paint;
 mod progress;
 mod remotes;
 mod update;
@@ -42,9 +43,12 @@ pub mod exit {
 #[command(name = "btrfs2s3", version, about, long_about = None)]
 #[command(after_help = "Documentation: README.md of the btrfs2s3 repository.")]
 struct Cli {
-    /// Print more about what happens.
+    /// Print more about what happens (object keys, the full story of errors).
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Colour on a terminal: auto (unless `NO_COLOR` is set), always or never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = paint::When::Auto)]
+    color: paint::When,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +68,10 @@ enum Command {
     /// Run until stopped: a backup cycle whenever a source changed (at most every
     /// --interval) or the policy expires backups, on listings kept in memory.
     Daemon(daemon::DaemonArgs),
+    /// Check everything a backup needs, one line each: sources, snapshot directories,
+    /// programs, and each remote (reachable, credentials, bucket, may list, put and delete,
+    /// versioning, Object Lock, clock); exit 1 on a problem. Changes nothing.
+    Check(daemon::CheckArgs),
     /// Show each source's newest backup in each remote, its age, and broken chains; exit 1
     /// if one is too old (--max-age) or broken.
     Status(daemon::StatusArgs),
@@ -126,7 +134,14 @@ fn load_config(path: &std::path::Path) -> Option<btrfs2s3_core::config::Config> 
     match btrfs2s3_core::config::load(path) {
         Ok(config) => {
             for warning in &config.warnings {
-                eprintln!("btrfs2s3: warning: {warning}");
+                eprintln!(
+                    "btrfs2s3: {}: {warning}",
+                    crate::paint::paint(
+                        "warning",
+                        crate::paint::Style::Warning,
+                        crate::paint::Stream::Err
+                    )
+                );
             }
             Some(config)
         }
@@ -210,6 +225,7 @@ fn main() -> ExitCode {
         }
     };
     VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
+    paint::init(cli.color);
     let code = match cli.command {
         Command::Update(args) => update::run(&args, cli.verbose),
         Command::List(args) => remotes::list(&args),
@@ -217,6 +233,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => remotes::verify(&args),
         Command::Daemon(args) => daemon::daemon(&args),
         Command::Status(args) => daemon::status(&args),
+        Command::Check(args) => daemon::check(&args),
     };
     ExitCode::from(code)
 }

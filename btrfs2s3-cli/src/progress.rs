@@ -1,5 +1,6 @@
-//! Progress of execution: a progress bar per upload on a terminal; without one, a log line
-//! when each action starts and ends, and one per GiB uploaded.
+//! Progress of execution: a progress bar per transfer on a terminal; without one, a log line
+//! when a transfer starts, one per GiB it moves, and a line when each action ends (with the
+//! bytes, seconds and rate of a transfer).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use btrfs2s3_core::execute::{ActionResult, Observer};
 use btrfs2s3_core::plan::Action;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::output::{bytes, describe_action, describe_result};
+use crate::output::{ShortIds, bytes, describe_action, describe_result};
 
 const GIB: u64 = 1 << 30;
 
@@ -19,6 +20,12 @@ pub struct Progress {
     terminal: bool,
     started: Mutex<Option<Instant>>,
     logged_gib: AtomicU64,
+    /// Bytes the transfer in progress moved so far.
+    moved: AtomicU64,
+    /// How actions name backups (set from the plan).
+    ids: Mutex<ShortIds>,
+    /// Whether action lines carry object keys (`-v`).
+    verbose: bool,
 }
 
 impl Progress {
@@ -30,7 +37,22 @@ impl Progress {
             terminal,
             started: Mutex::new(None),
             logged_gib: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            ids: Mutex::new(ShortIds::default()),
+            verbose: crate::verbose(),
         }
+    }
+
+    /// Names backups as `ids` does (the plan's short uuids).
+    pub fn use_ids(&self, ids: ShortIds) {
+        if let Ok(mut slot) = self.ids.lock() {
+            *slot = ids;
+        }
+    }
+
+    fn describe(&self, action: &Action) -> String {
+        let ids = self.ids.lock().map(|ids| ids.clone()).unwrap_or_default();
+        describe_action(action, &ids, self.verbose)
     }
 
     /// Clears any bar left.
@@ -48,6 +70,7 @@ impl Progress {
             *started = Some(Instant::now());
         }
         self.logged_gib.store(0, Ordering::Relaxed);
+        self.moved.store(0, Ordering::Relaxed);
         if self.terminal && transfer {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -61,13 +84,14 @@ impl Progress {
             if let Ok(mut slot) = self.bar.lock() {
                 *slot = Some(bar);
             }
-        } else {
+        } else if transfer {
             eprintln!("{label} ...");
         }
     }
 
     /// A transfer has moved this many bytes so far.
     pub fn advance(&self, total: u64) {
+        self.moved.store(total, Ordering::Relaxed);
         if let Some(bar) = self.bar.lock().ok().and_then(|bar| bar.clone()) {
             bar.set_position(total);
         } else if total / GIB > self.logged_gib.load(Ordering::Relaxed) {
@@ -88,7 +112,18 @@ impl Progress {
             bar.finish_and_clear();
         }
         if transfer {
-            eprintln!("{label}: {outcome} in {seconds:.1} s");
+            let moved = self.moved.load(Ordering::Relaxed);
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss
+            )]
+            let rate = if seconds > 0.0 {
+                format!(", {}/s", bytes((moved as f64 / seconds) as u64))
+            } else {
+                String::new()
+            };
+            eprintln!("{label}: {outcome} in {seconds:.1} s{rate}");
         } else {
             eprintln!("{label}: {outcome}");
         }
@@ -97,10 +132,7 @@ impl Progress {
 
 impl Observer for Progress {
     fn started(&self, action: &Action) {
-        self.begin(
-            &describe_action(action),
-            matches!(action, Action::Upload(_)),
-        );
+        self.begin(&self.describe(action), matches!(action, Action::Upload(_)));
     }
 
     fn progress(&self, total: u64) {
@@ -109,7 +141,7 @@ impl Observer for Progress {
 
     fn finished(&self, action: &Action, result: &ActionResult) {
         let transfer = matches!(action, Action::Upload(_));
-        self.end(&describe_action(action), &describe_result(result), transfer);
+        self.end(&self.describe(action), &describe_result(result), transfer);
     }
 }
 

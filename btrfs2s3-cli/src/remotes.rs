@@ -4,21 +4,20 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use btrfs2s3_core::catalog::{CatalogView, SelectError, Selection};
+use btrfs2s3_core::catalog::{CatalogView, SelectError, Selection, UuidPrefix};
 use btrfs2s3_core::config::{self, Needs};
 use btrfs2s3_core::error_chain;
 use btrfs2s3_core::pipeline::PipelineError;
-use btrfs2s3_core::plan::BackupState;
 use btrfs2s3_core::restore;
 use btrfs2s3_core::run::{
-    self, ArchiveOptions, ArchiveStatus, ArchiveUi, ReadError, RestoreOptions, RestoreTier, Target,
-    Transfer, TransferUi, Verdict, VerifyOptions, VerifyUi,
+    self, ArchiveOptions, ArchiveStatus, ArchiveUi, BackupLabel, ReadError, RestoreOptions,
+    RestorePlan, RestoreTier, Target, Transfer, TransferUi, Verdict, VerifyOptions, VerifyUi,
 };
 use btrfs2s3_core::text::escape;
-use uuid::Uuid;
 
 use crate::exit;
-use crate::output::bytes;
+use crate::output::{ShortIds, backup_label, bytes, short_time};
+use crate::paint::{Stream, Style, paint};
 use crate::progress::Progress;
 
 /// Which remote(s) to read: from a config, or given on the command line.
@@ -63,7 +62,14 @@ fn target(args: &RemoteArgs, need_one: bool) -> Result<Target, u8> {
         exit::USAGE
     })?;
     for warning in &config.warnings {
-        eprintln!("btrfs2s3: warning: {warning}");
+        eprintln!(
+            "btrfs2s3: {}: {warning}",
+            crate::paint::paint(
+                "warning",
+                crate::paint::Style::Warning,
+                crate::paint::Stream::Err
+            )
+        );
     }
     let only = args.remote.as_deref();
     let target = if need_one {
@@ -147,26 +153,29 @@ fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()>
         view.sources.len(),
         view.foreign_objects
     )?;
+    let ids = ShortIds::new(view.sources.iter().flat_map(|source| {
+        std::iter::once(source.uuid).chain(source.backups.iter().map(|b| b.uuid))
+    }));
     for source in &view.sources {
         writeln!(
             out,
             "  source {} (uuid {})",
             escape(&source.name),
-            source.uuid
+            ids.get(source.uuid)
         )?;
         crate::output::write_table(out, "    ", |row| {
-            row(&["uuid", "ctime", "ctransid", "size", "class", ""]);
+            row(&["SNAPSHOT", "CTIME", "CTRANSID", "SIZE", "CLASS", ""]);
             for backup in &source.backups {
                 let note = match (backup.send_parent, backup.broken) {
                     (Some(parent), true) => {
-                        format!("BROKEN CHAIN: send parent {parent} is missing")
+                        format!("BROKEN CHAIN: send parent {} is missing", ids.get(parent))
                     }
                     (Some(_), false) => "differential".to_owned(),
                     (None, _) => "full".to_owned(),
                 };
                 row(&[
-                    &format!("{}{}", "  ".repeat(backup.depth), backup.uuid),
-                    &backup.ctime,
+                    &format!("{}{}", "  ".repeat(backup.depth), ids.get(backup.uuid)),
+                    &short_time(&backup.ctime),
                     &backup.ctransid.to_string(),
                     &bytes(backup.size),
                     &escape(backup.storage_class.as_deref().unwrap_or_default()),
@@ -264,9 +273,12 @@ impl TransferUi for Progress {
 }
 
 fn transfer_label(transfer: Transfer<'_>) -> String {
+    let ids = ShortIds::default();
     match transfer {
-        Transfer::Receive { key } => format!("receive {}", escape(key)),
-        Transfer::Verify { remote, key } => format!("verify {remote}: {}", escape(key)),
+        Transfer::Receive { backup } => format!("receive {}", backup_label(&backup, &ids)),
+        Transfer::Verify { remote, backup } => {
+            format!("verify  {remote}: {}", backup_label(&backup, &ids))
+        }
     }
 }
 
@@ -278,10 +290,11 @@ pub struct RestoreArgs {
     /// The directory to receive into (on a btrfs filesystem).
     #[arg(long, value_name = "PATH")]
     pub dest: PathBuf,
-    /// Restore only this backup (a snapshot uuid, with its send ancestors) or source (every
+    /// Restore only this backup (a snapshot uuid or its start, as `list` shows it, with its
+    /// send ancestors) or source (every
     /// backup of it). Default: every backup of the remote.
     #[arg(long, value_name = "UUID")]
-    pub uuid: Option<Uuid>,
+    pub uuid: Option<UuidPrefix>,
     /// A command each stream goes through before `btrfs receive`, the inverse of the config's
     /// `pipe_through` (e.g. "gunzip"); split into arguments like a shell would, but run without
     /// one. Repeat for several, in order.
@@ -318,7 +331,7 @@ pub fn restore(args: &RestoreArgs) -> u8 {
     };
     let options = RestoreOptions {
         dest: args.dest.clone(),
-        selection: args.uuid.map_or(Selection::All, Selection::Uuid),
+        selection: args.uuid.clone().map_or(Selection::All, Selection::Uuid),
         pipe_through,
     };
     crate::with_runtime(|cancel| async move {
@@ -331,22 +344,10 @@ pub fn restore(args: &RestoreArgs) -> u8 {
             plan.remote_id,
             plan.dest.display()
         );
-        for item in &plan.items {
-            let archived = plan.archived().any(|a| a.key == item.key);
-            let status = match (item.present, archived) {
-                (true, _) => "already there, skipped".to_owned(),
-                (false, true) => format!(
-                    "to receive, from {} (restored first)",
-                    escape(item.storage_class.as_deref().unwrap_or_default())
-                ),
-                (false, false) => "to receive".to_owned(),
-            };
-            println!(
-                "  {}  {}  {}  {status}",
-                escape(&item.key),
-                item.ctime,
-                bytes(item.size)
-            );
+        let ids = ShortIds::new(plan.items.iter().map(|item| item.uuid));
+        if let Err(error) = print_restore_plan(&plan, &ids) {
+            eprintln!("btrfs2s3: cannot print the restore plan: {error}");
+            return exit::FAILURE;
         }
         if args.pretend || plan.is_done() {
             if !args.pretend {
@@ -355,6 +356,7 @@ pub fn restore(args: &RestoreArgs) -> u8 {
             return exit::OK;
         }
         let progress = Progress::new(std::io::stderr().is_terminal());
+        progress.use_ids(ids);
         let options = args.archive.options();
         match run::make_restorable(&plan, &options, &progress, &cancel).await {
             Ok(status) if !status.is_complete() => return come_back_later(&status),
@@ -387,14 +389,57 @@ pub fn restore(args: &RestoreArgs) -> u8 {
     })
 }
 
+/// The backups a restore receives, in order, as a table on standard output.
+fn print_restore_plan(plan: &RestorePlan, ids: &ShortIds) -> std::io::Result<()> {
+    let rows: Vec<[String; 5]> = plan
+        .items
+        .iter()
+        .map(|item| {
+            let archived = plan.archived().any(|a| a.key == item.key);
+            let status = match (item.present, archived) {
+                (true, _) => "already there, skipped".to_owned(),
+                (false, true) => format!(
+                    "to receive, from {} (restored first)",
+                    escape(item.storage_class.as_deref().unwrap_or_default())
+                ),
+                (false, false) => "to receive".to_owned(),
+            };
+            let id = match item.send_parent {
+                Some(parent) => format!("{} <- {}", ids.get(item.uuid), ids.get(parent)),
+                None => ids.get(item.uuid),
+            };
+            let status = if crate::verbose() {
+                format!("{status} [key {}]", escape(&item.key))
+            } else {
+                status
+            };
+            [
+                id,
+                escape(&item.source).into_owned(),
+                short_time(&item.ctime),
+                bytes(item.size),
+                status,
+            ]
+        })
+        .collect();
+    crate::output::write_table(&mut std::io::stdout().lock(), "  ", |row| {
+        row(&["SNAPSHOT", "SOURCE", "CTIME", "SIZE", ""]);
+        for cells in &rows {
+            let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+            row(&cells);
+        }
+    })
+}
+
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub remotes: RemoteArgs,
-    /// Verify only this backup (a snapshot uuid, with its send ancestors) or source.
+    /// Verify only this backup (a snapshot uuid or its start, with its send ancestors) or
+    /// source.
     #[arg(long, value_name = "UUID")]
-    pub uuid: Option<Uuid>,
+    pub uuid: Option<UuidPrefix>,
     /// A command each stream goes through before it is checked (e.g. "gunzip"), as for
     /// `restore`.
     #[arg(long = "pipe-through", value_name = "CMD")]
@@ -427,16 +472,20 @@ impl ArchiveUi for VerifyLines {
 }
 
 impl VerifyUi for VerifyLines {
-    fn verdict(&self, remote: &str, backup: &BackupState, verdict: &Verdict) {
+    fn verdict(&self, remote: &str, backup: BackupLabel<'_>, verdict: &Verdict) {
+        let label = backup_label(&backup, &ShortIds::default());
         match verdict {
-            Verdict::Intact { .. } => println!("remote {remote}: {}: ok", escape(&backup.key)),
+            Verdict::Intact { .. } => println!(
+                "remote {remote}: {label}: {}",
+                paint("ok", Style::Added, Stream::Out)
+            ),
             Verdict::BrokenChain { send_parent } => println!(
-                "remote {remote}: {}: FAILED: broken chain: send parent {send_parent} is not in the remote",
-                escape(&backup.key)
+                "remote {remote}: {label}: {}: broken chain: send parent {send_parent} is not in the remote",
+                paint("FAILED", Style::Removed, Stream::Out)
             ),
             Verdict::Damaged { error } => println!(
-                "remote {remote}: {}: FAILED: {}",
-                escape(&backup.key),
+                "remote {remote}: {label}: {}: {}",
+                paint("FAILED", Style::Removed, Stream::Out),
                 escape(&error_chain(error))
             ),
         }
@@ -458,20 +507,20 @@ pub fn verify(args: &VerifyArgs) -> u8 {
         Err(code) => return code,
     };
     let options = VerifyOptions {
-        uuid: args.uuid,
+        uuid: args.uuid.clone(),
         pipe_through,
         archive: args.archive.options(),
     };
     let lines = VerifyLines(Progress::new(std::io::stderr().is_terminal()));
     crate::with_runtime(|cancel| async move {
         match run::verify(&target, &options, &lines, &cancel).await {
-            Ok(report) => verified(&report, args.uuid),
+            Ok(report) => verified(&report, args.uuid.as_ref()),
             Err(error) => failed(&error),
         }
     })
 }
 
-fn verified(report: &run::VerifyReport, uuid: Option<Uuid>) -> u8 {
+fn verified(report: &run::VerifyReport, uuid: Option<&UuidPrefix>) -> u8 {
     if !report.archive.is_complete() {
         return come_back_later(&report.archive);
     }

@@ -47,7 +47,14 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
         }
     };
     for warning in &config.warnings {
-        eprintln!("btrfs2s3: warning: {warning}");
+        eprintln!(
+            "btrfs2s3: {}: {warning}",
+            crate::paint::paint(
+                "warning",
+                crate::paint::Style::Warning,
+                crate::paint::Stream::Err
+            )
+        );
     }
     // After the config: a bad config is exit 2 in every mode.
     let interactive = std::io::stdin().is_terminal();
@@ -216,6 +223,7 @@ impl Ui for Terminal<'_> {
     }
 
     fn show_plan(&self, plan: &Plan) -> std::io::Result<()> {
+        self.progress.use_ids(output::ShortIds::of_plan(plan));
         for broken in &plan.broken_chains {
             eprintln!(
                 "btrfs2s3: warning: in remote {}: {}",
@@ -230,7 +238,7 @@ impl Ui for Terminal<'_> {
             return Ok(());
         }
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        output::write_plan(plan, &mut out)?;
+        output::write_plan(plan, self.verbose, &mut out)?;
         if self.verbose {
             writeln!(out, "policy evaluated at {} in {}", plan.now, plan.timezone)?;
         }
@@ -313,10 +321,11 @@ fn executed(plan: Option<&Plan>, outcome: &Outcome, json: bool) -> u8 {
         problems.len(),
         outcome.results.len()
     );
+    let ids = plan.map(output::ShortIds::of_plan).unwrap_or_default();
     for problem in problems {
         eprintln!(
             "  {}: {}",
-            output::describe_action(&problem.action),
+            output::describe_action(&problem.action, &ids, crate::verbose()),
             output::describe_result(&problem.result)
         );
         if let (true, ActionResult::Failed { error }) = (crate::verbose(), &problem.result) {

@@ -27,12 +27,52 @@ pub struct Catalog {
 }
 
 /// What to pick from a catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// Every backup.
     All,
-    /// The backup of this snapshot and its send ancestors, or every backup of this source.
-    Uuid(Uuid),
+    /// The backup of this snapshot and its send ancestors, or every backup of this source:
+    /// the one snapshot or source whose uuid starts so.
+    Uuid(UuidPrefix),
+}
+
+/// A uuid, or its first hex digits (at least 4; dashes are ignored), as `--uuid` takes it:
+/// `1a2b3c4d` stands for the one uuid that starts so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UuidPrefix(String);
+
+impl UuidPrefix {
+    /// Whether `uuid` starts with this prefix.
+    #[must_use]
+    pub fn matches(&self, uuid: Uuid) -> bool {
+        uuid.simple().to_string().starts_with(&self.0)
+    }
+}
+
+impl From<Uuid> for UuidPrefix {
+    fn from(uuid: Uuid) -> UuidPrefix {
+        UuidPrefix(uuid.simple().to_string())
+    }
+}
+
+impl std::str::FromStr for UuidPrefix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<UuidPrefix, String> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        if hex.len() < 4 || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{text:?} is not a uuid or the start of one (at least 4 hex digits)"
+            ));
+        }
+        Ok(UuidPrefix(hex.to_ascii_lowercase()))
+    }
+}
+
+impl std::fmt::Display for UuidPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A selection that cannot be made.
@@ -42,8 +82,17 @@ pub enum SelectError {
     Unknown {
         /// The remote.
         remote: String,
-        /// The uuid asked for.
-        uuid: Uuid,
+        /// The uuid (or start of one) asked for.
+        uuid: UuidPrefix,
+    },
+    /// Several snapshots or sources have uuids that start so.
+    Ambiguous {
+        /// The remote.
+        remote: String,
+        /// The start of a uuid asked for.
+        uuid: UuidPrefix,
+        /// The uuids that start so.
+        candidates: Vec<Uuid>,
     },
     /// Some backups need a send parent that is not in the remote.
     Broken {
@@ -70,6 +119,18 @@ impl std::fmt::Display for SelectError {
                 f,
                 "remote {remote} has no backup of a snapshot or source with uuid {uuid} (see `btrfs2s3 list`)"
             ),
+            SelectError::Ambiguous {
+                remote,
+                uuid,
+                candidates,
+            } => {
+                let shown: Vec<String> = candidates.iter().map(Uuid::to_string).collect();
+                write!(
+                    f,
+                    "in remote {remote}, several uuids start with {uuid}: {}; give more digits",
+                    shown.join(", ")
+                )
+            }
             SelectError::Broken { remote, chains } => {
                 write!(f, "in remote {remote}, backup chains are broken: ")?;
                 let described: Vec<String> = chains
@@ -228,10 +289,11 @@ impl Catalog {
     }
 
     /// The backups of `selection` and all their send ancestors, parents before children.
-    pub fn select(&self, selection: Selection) -> Result<Vec<&BackupState>, SelectError> {
+    pub fn select(&self, selection: &Selection) -> Result<Vec<&BackupState>, SelectError> {
         let wanted: Vec<&BackupState> = match selection {
             Selection::All => self.backups.iter().collect(),
-            Selection::Uuid(uuid) => {
+            Selection::Uuid(prefix) => {
+                let uuid = self.resolve(prefix)?;
                 if let Some(backup) = self.get(uuid) {
                     vec![backup]
                 } else {
@@ -240,12 +302,6 @@ impl Catalog {
                         .iter()
                         .filter(|b| b.meta.parent_uuid == uuid)
                         .collect();
-                    if of_source.is_empty() {
-                        return Err(SelectError::Unknown {
-                            remote: self.remote.clone(),
-                            uuid,
-                        });
-                    }
                     of_source
                 }
             }
@@ -284,6 +340,44 @@ impl Catalog {
             .collect();
         ordered.sort_by_key(|b| (self.depth(b), b.meta.ctransid, b.meta.uuid));
         Ok(ordered)
+    }
+
+    /// Whether every send ancestor of `backup` is in the remote (it can be restored).
+    #[must_use]
+    pub fn chain_is_complete(&self, backup: &BackupState) -> bool {
+        let mut current = backup;
+        let mut seen = BTreeSet::new();
+        while let Some(parent) = current.meta.send_parent_uuid {
+            // Missing, or a cycle (keys can say anything).
+            match self.get(parent) {
+                Some(parent) if seen.insert(parent.meta.uuid) => current = parent,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The one snapshot or source uuid of the catalog that starts with `prefix`.
+    fn resolve(&self, prefix: &UuidPrefix) -> Result<Uuid, SelectError> {
+        let candidates: BTreeSet<Uuid> = self
+            .backups
+            .iter()
+            .flat_map(|b| [b.meta.uuid, b.meta.parent_uuid])
+            .filter(|uuid| prefix.matches(*uuid))
+            .collect();
+        let mut candidates = candidates.into_iter();
+        match (candidates.next(), candidates.len()) {
+            (None, _) => Err(SelectError::Unknown {
+                remote: self.remote.clone(),
+                uuid: prefix.clone(),
+            }),
+            (Some(uuid), 0) => Ok(uuid),
+            (Some(first), _) => Err(SelectError::Ambiguous {
+                remote: self.remote.clone(),
+                uuid: prefix.clone(),
+                candidates: std::iter::once(first).chain(candidates).collect(),
+            }),
+        }
     }
 
     /// How many send ancestors a backup has in the remote (0 for a full backup).
@@ -385,6 +479,45 @@ mod tests {
         }
     }
 
+    fn by(n: u128) -> Selection {
+        Selection::Uuid(UuidPrefix::from(Uuid::from_u128(n)))
+    }
+
+    #[test]
+    fn a_unique_start_of_a_uuid_selects_and_an_ambiguous_one_says_so() {
+        let catalog = sample();
+        // Snapshot 3 is 00000000-0000-0000-0000-000000000003.
+        let three: UuidPrefix = "00000000000000000000000000000003".parse().unwrap();
+        assert_eq!(
+            uuids(&catalog.select(&Selection::Uuid(three)).unwrap()),
+            [1, 2, 3]
+        );
+        // A short start that only one uuid has.
+        let mut other = backup(1000, 1, None);
+        other.meta.uuid = Uuid::from_u128(0xabcd_ef01 << 96);
+        let single = Catalog::new("r".to_owned(), "b".to_owned(), vec![other], 0);
+        assert_eq!(
+            single
+                .select(&Selection::Uuid("ABCDef".parse().unwrap()))
+                .unwrap()
+                .len(),
+            1
+        );
+        let dashed: UuidPrefix = "00000000-0000-0000-0000-000000000003".parse().unwrap();
+        assert_eq!(dashed, "00000000000000000000000000000003".parse().unwrap());
+        let error = catalog
+            .select(&Selection::Uuid("0000".parse().unwrap()))
+            .unwrap_err();
+        assert!(
+            matches!(&error, SelectError::Ambiguous { candidates, .. } if candidates.len() == 8),
+            "{error}"
+        );
+        assert!(error.to_string().contains("give more digits"), "{error}");
+        for bad in ["abc", "xyz12345", &"0".repeat(33)] {
+            assert!(bad.parse::<UuidPrefix>().is_err(), "{bad}");
+        }
+    }
+
     fn catalog(backups: Vec<BackupState>) -> Catalog {
         Catalog::new("r".to_owned(), "b".to_owned(), backups, 0)
     }
@@ -408,40 +541,17 @@ mod tests {
     #[test]
     fn a_backup_brings_its_ancestors_root_first() {
         let catalog = sample();
-        assert_eq!(
-            uuids(&catalog.select(Selection::Uuid(Uuid::from_u128(3))).unwrap()),
-            [1, 2, 3]
-        );
-        assert_eq!(
-            uuids(&catalog.select(Selection::Uuid(Uuid::from_u128(4))).unwrap()),
-            [1, 4]
-        );
-        assert_eq!(
-            uuids(&catalog.select(Selection::Uuid(Uuid::from_u128(7))).unwrap()),
-            [7]
-        );
+        assert_eq!(uuids(&catalog.select(&by(3)).unwrap()), [1, 2, 3]);
+        assert_eq!(uuids(&catalog.select(&by(4)).unwrap()), [1, 4]);
+        assert_eq!(uuids(&catalog.select(&by(7)).unwrap()), [7]);
     }
 
     #[test]
     fn a_source_uuid_selects_all_its_backups() {
         let catalog = sample();
-        assert_eq!(
-            uuids(
-                &catalog
-                    .select(Selection::Uuid(Uuid::from_u128(2000)))
-                    .unwrap()
-            ),
-            [7, 8]
-        );
-        assert_eq!(
-            uuids(
-                &catalog
-                    .select(Selection::Uuid(Uuid::from_u128(1000)))
-                    .unwrap()
-            ),
-            [1, 2, 4, 3]
-        );
-        let all = catalog.select(Selection::All).unwrap();
+        assert_eq!(uuids(&catalog.select(&by(2000)).unwrap()), [7, 8]);
+        assert_eq!(uuids(&catalog.select(&by(1000)).unwrap()), [1, 2, 4, 3]);
+        let all = catalog.select(&Selection::All).unwrap();
         assert_eq!(
             uuids(&all),
             [1, 7, 2, 4, 8, 3],
@@ -452,9 +562,7 @@ mod tests {
     #[test]
     fn unknown_uuids_and_broken_chains_are_errors() {
         let catalog = sample();
-        let error = catalog
-            .select(Selection::Uuid(Uuid::from_u128(99)))
-            .unwrap_err();
+        let error = catalog.select(&by(99)).unwrap_err();
         assert!(
             error
                 .to_string()
@@ -462,9 +570,7 @@ mod tests {
             "{error}"
         );
         let broken = catalog_with_gap();
-        let error = broken
-            .select(Selection::Uuid(Uuid::from_u128(3)))
-            .unwrap_err();
+        let error = broken.select(&by(3)).unwrap_err();
         let message = error.to_string();
         assert!(
             message.contains(&Uuid::from_u128(2).to_string()),
@@ -476,10 +582,7 @@ mod tests {
         );
         assert_eq!(broken.broken_chains().len(), 1);
         // What does not need the missing backup is still selectable.
-        assert_eq!(
-            uuids(&broken.select(Selection::Uuid(Uuid::from_u128(1))).unwrap()),
-            [1]
-        );
+        assert_eq!(uuids(&broken.select(&by(1)).unwrap()), [1]);
     }
 
     fn catalog_with_gap() -> Catalog {

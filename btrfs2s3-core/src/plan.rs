@@ -150,6 +150,14 @@ pub struct BackupState {
     pub retention: Option<ObjectLock>,
 }
 
+impl BackupState {
+    /// The name of the source it is a backup of, as its key says.
+    #[must_use]
+    pub fn source_name(&self) -> &str {
+        BackupMeta::base_name(&self.key)
+    }
+}
+
 /// Why and how something is kept, for output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeepSummary {

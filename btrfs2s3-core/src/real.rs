@@ -284,11 +284,11 @@ fn open_local(sources: &[SourceConfig]) -> Result<(OpenedSources, OpenedDirs), A
 }
 
 /// How far this machine's clock may be from a server's when backups get locks.
-const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
+pub(crate) const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
 
 /// Root destroys subvolumes in a snapshot directory: nobody else may be able to change it
 /// (not even with a sticky bit), nor a directory above it.
-fn trusted_snapshot_directory(dir: &Path) -> Result<(), AssessError> {
+pub(crate) fn trusted_snapshot_directory(dir: &Path) -> Result<(), AssessError> {
     use crate::trust::{Kind, Trustee, check_directories, check_metadata};
     let trustee = Trustee::current();
     let inspect = |source| crate::trust::Untrusted::Inspect {

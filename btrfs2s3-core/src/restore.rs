@@ -21,6 +21,8 @@ pub struct RestoreItem {
     pub key: String,
     /// The snapshot's uuid.
     pub uuid: Uuid,
+    /// The source's name, from the key.
+    pub source: String,
     /// The snapshot it was sent against; received before it.
     pub send_parent: Option<Uuid>,
     /// The snapshot's ctime in the configured time zone.
@@ -39,7 +41,7 @@ pub struct RestoreItem {
 /// (received uuids of the destination's subvolumes).
 pub fn plan_restore(
     catalog: &Catalog,
-    selection: Selection,
+    selection: &Selection,
     present: &BTreeSet<Uuid>,
     tz: &TimeZone,
 ) -> Result<Vec<RestoreItem>, SelectError> {
@@ -49,6 +51,7 @@ pub fn plan_restore(
         .map(|backup| RestoreItem {
             key: backup.key.to_string(),
             uuid: backup.meta.uuid,
+            source: backup.source_name().to_owned(),
             send_parent: backup.meta.send_parent_uuid,
             ctime: format_ctime(backup.meta.ctime, tz),
             ctransid: backup.meta.ctransid,

@@ -19,7 +19,7 @@ use crate::upload::{LockMode, ObjectLock};
 const HEADS_IN_FLIGHT: usize = 16;
 
 /// Error codes of servers that do not do object lock or versioning at all.
-fn unsupported(code: Option<&str>) -> bool {
+pub(crate) fn unsupported(code: Option<&str>) -> bool {
     matches!(
         code,
         Some(

@@ -54,6 +54,20 @@ pub struct S3Server {
     /// The certificate an HTTPS server uses (self-signed), if it uses HTTPS.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+    /// A bucket with a key that may only read it (Garage has per-key permissions).
+    #[serde(default)]
+    pub read_only: Option<ReadOnly>,
+}
+
+/// A bucket and a key that may only read it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReadOnly {
+    /// The bucket.
+    pub bucket: String,
+    /// The key.
+    pub access_key_id: String,
+    /// Its secret.
+    pub secret_access_key: String,
 }
 
 impl TestEnv {

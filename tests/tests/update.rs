@@ -390,18 +390,25 @@ fn the_json_plan_has_the_actions_of_the_preview() {
     fixture.write("g", b"more");
     let args = ["update", "--pretend", "--now", "2029-02-03T04:05:06Z"];
     let preview = stdout(&fixture.btrfs2s3(&args));
+    let verbose = stdout(&fixture.btrfs2s3(&[&["-v"][..], &args[..]].concat()));
     let json: serde_json::Value =
         serde_json::from_slice(&fixture.btrfs2s3(&[&args[..], &["--json"]].concat()).stdout)
             .unwrap();
     let actions = json["plan"]["actions"].as_array().unwrap();
-    let preview_actions: Vec<&str> = preview
-        .lines()
-        .skip_while(|l| *l != "actions:")
-        .skip(1)
-        .filter(|l| l.starts_with("  "))
-        .collect();
+    let action_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| *l != "actions:")
+            .skip(1)
+            .filter(|l| l.starts_with("  "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let preview_actions = action_lines(&preview);
+    let verbose_actions = action_lines(&verbose);
     assert_eq!(actions.len(), preview_actions.len(), "{preview}");
-    for (action, line) in actions.iter().zip(&preview_actions) {
+    assert_eq!(actions.len(), verbose_actions.len(), "{verbose}");
+    for ((action, line), verbose_line) in actions.iter().zip(&preview_actions).zip(&verbose_actions)
+    {
         let kind = action["action"].as_str().unwrap();
         let word = match kind {
             "create_snapshot" => "snapshot",
@@ -412,8 +419,18 @@ fn the_json_plan_has_the_actions_of_the_preview() {
             other => panic!("unexpected action {other}"),
         };
         assert!(line.trim_start().starts_with(word), "{kind} vs {line}");
-        if let Some(key) = action["key"].as_str() {
-            assert!(line.contains(key), "{line} names {key}");
+        // Backups by their short uuids; their keys only with -v.
+        let key = action["key"].as_str().or(action["spec"]["key"].as_str());
+        if let Some(key) = key {
+            assert!(!line.contains(key), "{line} shows the key {key}");
+            assert!(verbose_line.contains(key), "{verbose_line} names {key}");
+        }
+        let uuid = action["uuid"]
+            .as_str()
+            .or(action["spec"]["snapshot"]["uuid"].as_str());
+        if let (Some(uuid), true) = (uuid, kind != "destroy" && kind != "rename") {
+            let short = &uuid.replace('-', "")[..8];
+            assert!(line.contains(short), "{line} names {short}");
         }
     }
     assert_eq!(json["plan"]["now"], "2029-02-03T04:05:06Z");

@@ -215,6 +215,7 @@ impl TestEnv {
             storage_classes: true,
             archive: true,
             ca_bundle: None,
+            read_only: None,
         })
     }
 
@@ -306,6 +307,7 @@ impl TestEnv {
             storage_classes: true,
             archive: false,
             ca_bundle: None,
+            read_only: None,
         })
     }
 
@@ -422,6 +424,7 @@ impl TestEnv {
             storage_classes: true,
             archive: true,
             ca_bundle: Some(ca),
+            read_only: None,
         })
     }
 
@@ -476,6 +479,37 @@ admin_token = "xtask-admin-token"
         let (key_id, secret) = ("GK0123456789abcdef01234567", "0123456789abcdef".repeat(4));
         cmd::output(garage_cmd().args(["key", "import", "--yes", "-n", "xtask", key_id, &secret]))?;
         cmd::output(garage_cmd().args(["key", "allow", "--create-bucket", key_id]))?;
+        // A bucket that a second key may only read (for the permission tests).
+        let (reader_id, reader_secret) =
+            ("GKfedcba9876543210fedcba98", "fedcba9876543210".repeat(4));
+        cmd::output(garage_cmd().args([
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "reader",
+            reader_id,
+            &reader_secret,
+        ]))?;
+        cmd::output(garage_cmd().args(["bucket", "create", READ_ONLY_BUCKET]))?;
+        cmd::output(garage_cmd().args([
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            READ_ONLY_BUCKET,
+            "--key",
+            key_id,
+        ]))?;
+        cmd::output(garage_cmd().args([
+            "bucket",
+            "allow",
+            "--read",
+            READ_ONLY_BUCKET,
+            "--key",
+            reader_id,
+        ]))?;
         self.wait_for_port(s3)?;
         Ok(S3Endpoint {
             name: "garage",
@@ -487,8 +521,23 @@ admin_token = "xtask-admin-token"
             storage_classes: false,
             archive: false,
             ca_bundle: None,
+            read_only: Some(ReadOnly {
+                bucket: READ_ONLY_BUCKET,
+                access_key_id: reader_id.to_owned(),
+                secret_access_key: reader_secret,
+            }),
         })
     }
+}
+
+/// The Garage bucket the reader key may only read.
+const READ_ONLY_BUCKET: &str = "read-only";
+
+/// A bucket and a key that may only read it.
+pub struct ReadOnly {
+    pub bucket: &'static str,
+    pub access_key_id: String,
+    pub secret_access_key: String,
 }
 
 /// An S3 server of the environment, as the tests see it.
@@ -503,6 +552,8 @@ pub struct S3Endpoint {
     /// Whether archive classes (`DEEP_ARCHIVE`) need `RestoreObject` before a read.
     pub archive: bool,
     pub ca_bundle: Option<PathBuf>,
+    /// A bucket with a key that may only read it, where the server has per-key permissions.
+    pub read_only: Option<ReadOnly>,
 }
 
 impl S3Endpoint {
@@ -517,6 +568,11 @@ impl S3Endpoint {
             "storage_classes": self.storage_classes,
             "archive": self.archive,
             "ca_bundle": self.ca_bundle,
+            "read_only": self.read_only.as_ref().map(|r| serde_json::json!({
+                "bucket": r.bucket,
+                "access_key_id": r.access_key_id,
+                "secret_access_key": r.secret_access_key,
+            })),
         })
     }
 

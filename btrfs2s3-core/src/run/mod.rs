@@ -4,15 +4,17 @@
 //! codes; it never touches btrfs or S3 itself.
 
 mod archive;
+mod check;
 mod read;
 mod status;
 mod update;
 
 pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
+pub use check::{CheckLine, check};
 pub use read::{
-    ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport, Target, TargetError,
-    Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list, make_restorable,
-    prepare_restore, restore, verify,
+    BackupLabel, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport, Target,
+    TargetError, Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list,
+    make_restorable, prepare_restore, restore, verify,
 };
 pub use status::{NewestBackup, PairStatus, StatusOptions, StatusReport, status};
 pub use update::{

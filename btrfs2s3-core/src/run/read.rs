@@ -11,7 +11,7 @@ use snafu::Snafu;
 use uuid::Uuid;
 
 use crate::cancel::Cancel;
-use crate::catalog::{self, Catalog, CatalogView, SelectError, Selection};
+use crate::catalog::{self, Catalog, CatalogView, SelectError, Selection, UuidPrefix};
 use crate::config::{self, Config};
 use crate::pipeline::PipeCommand;
 use crate::pipeline::PipelineError;
@@ -182,7 +182,7 @@ impl ReadError {
                 | ReadError::NotOneRemote { .. }
                 | ReadError::Program { .. }
                 | ReadError::Select {
-                    source: SelectError::Unknown { .. }
+                    source: SelectError::Unknown { .. } | SelectError::Ambiguous { .. }
                 }
         )
     }
@@ -223,16 +223,54 @@ pub async fn list(target: &Target, cancel: &Cancel) -> Result<Vec<CatalogView>, 
 pub enum Transfer<'a> {
     /// A backup received into the destination.
     Receive {
-        /// Its key.
-        key: &'a str,
+        /// The backup.
+        backup: BackupLabel<'a>,
     },
     /// A backup checked.
     Verify {
         /// The remote.
         remote: &'a str,
-        /// Its key.
-        key: &'a str,
+        /// The backup.
+        backup: BackupLabel<'a>,
     },
+}
+
+/// A backup as a person reads it: its snapshot's uuid, source and time (and, for `-v`, its
+/// key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupLabel<'a> {
+    /// The object key.
+    pub key: &'a str,
+    /// The snapshot's uuid.
+    pub uuid: Uuid,
+    /// The source's name, from the key.
+    pub source: &'a str,
+    /// The snapshot's ctime, ISO 8601 in the configured time zone.
+    pub ctime: &'a str,
+}
+
+impl<'a> BackupLabel<'a> {
+    /// The label of a backup to receive.
+    #[must_use]
+    pub fn of_item(item: &'a RestoreItem) -> BackupLabel<'a> {
+        BackupLabel {
+            key: &item.key,
+            uuid: item.uuid,
+            source: &item.source,
+            ctime: &item.ctime,
+        }
+    }
+
+    /// The label of a listed backup whose ctime was formatted as `ctime`.
+    #[must_use]
+    pub fn of_backup(backup: &'a BackupState, ctime: &'a str) -> BackupLabel<'a> {
+        BackupLabel {
+            key: &backup.key,
+            uuid: backup.meta.uuid,
+            source: backup.source_name(),
+            ctime,
+        }
+    }
 }
 
 /// Hears about transfers, for the user.
@@ -330,7 +368,7 @@ pub async fn prepare_restore(
             source,
         })?;
     let (client, catalog) = read_catalog(remote, cancel).await?;
-    let items = restore::plan_restore(&catalog, options.selection, &present, &target.timezone)?;
+    let items = restore::plan_restore(&catalog, &options.selection, &present, &target.timezone)?;
     Ok(RestorePlan {
         remote_id: remote.id.clone(),
         dest: options.dest,
@@ -360,7 +398,9 @@ pub async fn make_restorable(
 pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport {
     let mut received = 0;
     for item in plan.items.iter().filter(|item| !item.present) {
-        let transfer = Transfer::Receive { key: &item.key };
+        let transfer = Transfer::Receive {
+            backup: BackupLabel::of_item(item),
+        };
         ui.started(transfer);
         let progress = |bytes| ui.progress(bytes);
         let result = restore::receive(
@@ -394,8 +434,9 @@ pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport 
 /// What to verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyOptions {
-    /// A backup (with its send ancestors) or a source; every backup when `None`.
-    pub uuid: Option<Uuid>,
+    /// A backup (with its send ancestors) or a source (a uuid or its start); every backup
+    /// when `None`.
+    pub uuid: Option<UuidPrefix>,
     /// The commands each stream goes through before it is checked.
     pub pipe_through: Vec<Vec<String>>,
     /// How to make archived backups readable.
@@ -425,7 +466,7 @@ pub enum Verdict {
 /// Hears what `verify` finds, as it finds it.
 pub trait VerifyUi: TransferUi + ArchiveUi {
     /// A backup was checked (a broken chain is told before its stream is checked).
-    fn verdict(&self, remote: &str, backup: &BackupState, verdict: &Verdict);
+    fn verdict(&self, remote: &str, backup: BackupLabel<'_>, verdict: &Verdict);
     /// A remote's selection cannot be made (its chains are broken).
     fn unselectable(&self, remote: &str, error: &SelectError);
 }
@@ -468,9 +509,9 @@ pub async fn verify(
     }
     let mut selections = Vec::new();
     for (remote, client, catalog) in &remotes {
-        let selected: Vec<&BackupState> = match options.uuid {
+        let selected: Vec<&BackupState> = match &options.uuid {
             None => catalog.backups().iter().collect(),
-            Some(uuid) => match catalog.select(Selection::Uuid(uuid)) {
+            Some(uuid) => match catalog.select(&Selection::Uuid(uuid.clone())) {
                 Ok(selected) => {
                     report.found = true;
                     selected
@@ -508,14 +549,18 @@ pub async fn verify(
                 && let Some(send_parent) = backup.meta.send_parent_uuid
             {
                 broken.insert(backup.meta.uuid);
-                ui.verdict(&remote.id, backup, &Verdict::BrokenChain { send_parent });
+                let ctime = btrfs2s3_s3::format_ctime(backup.meta.ctime, &target.timezone);
+                let label = BackupLabel::of_backup(backup, &ctime);
+                ui.verdict(&remote.id, label, &Verdict::BrokenChain { send_parent });
                 report.problems += 1;
             }
         }
         for backup in selected {
+            let ctime = btrfs2s3_s3::format_ctime(backup.meta.ctime, &target.timezone);
+            let label = BackupLabel::of_backup(backup, &ctime);
             let transfer = Transfer::Verify {
                 remote: &remote.id,
-                key: &backup.key,
+                backup: label,
             };
             ui.started(transfer);
             let progress = |bytes| ui.progress(bytes);
@@ -529,9 +574,9 @@ pub async fn verify(
             match result {
                 // A broken chain was told already.
                 Ok(_) if broken.contains(&backup.meta.uuid) => {}
-                Ok(size) => ui.verdict(&remote.id, backup, &Verdict::Intact { size }),
+                Ok(size) => ui.verdict(&remote.id, label, &Verdict::Intact { size }),
                 Err(error) => {
-                    ui.verdict(&remote.id, backup, &Verdict::Damaged { error });
+                    ui.verdict(&remote.id, label, &Verdict::Damaged { error });
                     report.problems += 1;
                 }
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cancel::Cancel;
-use crate::catalog::{Catalog, Selection};
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::plan::BackupState;
 use crate::run::read::read_catalog;
@@ -186,7 +186,7 @@ fn pair_status(
     }
     let unrestorable = backups
         .iter()
-        .filter(|backup| catalog.select(Selection::Uuid(backup.meta.uuid)).is_err())
+        .filter(|backup| !catalog.chain_is_complete(backup))
         .count();
     if unrestorable > 0 {
         problems.push(format!(
