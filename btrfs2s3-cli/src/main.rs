@@ -72,6 +72,18 @@ enum Command {
     /// programs, and each remote (reachable, credentials, bucket, may list, put and delete,
     /// versioning, Object Lock, clock); exit 1 on a problem. Changes nothing.
     Check(daemon::CheckArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (btrfs2s3.1 and one per command) into a directory.
+    #[command(alias = "manpage")]
+    Manpages {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: PathBuf,
+    },
     /// Show each source's newest backup in each remote, its age, and broken chains; exit 1
     /// if one is too old (--max-age) or broken.
     Status(daemon::StatusArgs),
@@ -107,6 +119,30 @@ pub struct UpdateArgs {
     pub ping: Option<String>,
     /// The configuration file.
     pub config: PathBuf,
+}
+
+/// Writes `btrfs2s3.1` and `btrfs2s3-<command>.1` for every command into `dir`; returns how
+/// many.
+fn write_manpages(dir: &std::path::Path) -> std::io::Result<usize> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut count = 0;
+    let mut write = |name: &str, page: clap::Command| -> std::io::Result<()> {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).title(name).render(&mut text)?;
+        std::fs::write(dir.join(format!("{name}.1")), text)?;
+        count += 1;
+        Ok(())
+    };
+    for sub in command.get_subcommands() {
+        let name = format!("btrfs2s3-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("btrfs2s3 {}", sub.get_name()));
+        write(&name, page)?;
+    }
+    write("btrfs2s3", command)?;
+    Ok(count)
 }
 
 /// Whether `-v` was given.
@@ -234,6 +270,24 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::daemon(&args),
         Command::Status(args) => daemon::status(&args),
         Command::Check(args) => daemon::check(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "btrfs2s3", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Manpages { dir } => match write_manpages(&dir) {
+            Ok(count) => {
+                println!("wrote {count} man page(s) into {}", dir.display());
+                exit::OK
+            }
+            Err(error) => {
+                eprintln!(
+                    "btrfs2s3: cannot write man pages into {}: {error}",
+                    dir.display()
+                );
+                exit::FAILURE
+            }
+        },
     };
     ExitCode::from(code)
 }
@@ -243,6 +297,68 @@ mod tests {
     use std::time::Duration;
 
     use super::parse_duration;
+
+    #[test]
+    fn completion_scripts_are_valid_shell() {
+        let mut command = <super::Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut command,
+            "btrfs2s3",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for word in [
+            "update",
+            "daemon",
+            "status",
+            "check",
+            "restore",
+            "--max-age",
+        ] {
+            assert!(script.contains(word), "{word}");
+        }
+        let dir = std::env::temp_dir().join(format!("btrfs2s3-completion-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("btrfs2s3.bash");
+        std::fs::write(&file, &script).unwrap();
+        let checked = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(checked.success(), "bash -n rejects the completion script");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn man_pages_are_written_for_every_command() {
+        let dir = std::env::temp_dir().join(format!("btrfs2s3-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let count = super::write_manpages(&dir).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), count);
+        for name in [
+            "btrfs2s3.1",
+            "btrfs2s3-update.1",
+            "btrfs2s3-daemon.1",
+            "btrfs2s3-check.1",
+        ] {
+            assert!(names.contains(&name.to_owned()), "{names:?}");
+        }
+        let update = std::fs::read_to_string(dir.join("btrfs2s3-update.1")).unwrap();
+        assert!(
+            update.starts_with(".ie") || update.contains(".TH"),
+            "{update}"
+        );
+        assert!(update.contains("pretend"), "the options are in it");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn durations() {
