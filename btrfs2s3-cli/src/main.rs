@@ -292,6 +292,29 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Compares a test's output with its expected text in `src/testdata/`; with
+/// `BTRFS2S3_BLESS=1` the text is written there instead (review the diff before committing).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn expect_text(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/testdata")
+        .join(name);
+    if std::env::var_os("BTRFS2S3_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (BTRFS2S3_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "the output differs from {} (BTRFS2S3_BLESS=1 rewrites it)",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -405,7 +405,6 @@ pub fn describe_result(result: &ActionResult) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
 
     use btrfs2s3_core::plan::{
         Delete, Destroy, KeepSummary, Plan, PlannedBackup, PlannedSnapshot, Rename, SnapshotRef,
@@ -595,31 +594,10 @@ mod tests {
         }
     }
 
-    /// The expected text of a test, from `src/testdata/`; with `BTRFS2S3_BLESS=1` the
-    /// text is written there instead (review the diff before committing it).
-    fn expect_text(name: &str, actual: &str) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("src/testdata")
-            .join(name);
-        if std::env::var_os("BTRFS2S3_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, actual).unwrap();
-            return;
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (BTRFS2S3_BLESS=1 writes it)", path.display()));
-        assert_eq!(
-            actual,
-            expected,
-            "the output differs from {} (BTRFS2S3_BLESS=1 rewrites it)",
-            path.display()
-        );
-    }
-
     #[test]
     fn the_plan_reads_as_expected() {
-        expect_text("plan.txt", &render(&year(2, 3), false));
-        expect_text("plan-verbose.txt", &render(&year(1, 2), true));
+        crate::expect_text("plan.txt", &render(&year(2, 3), false));
+        crate::expect_text("plan-verbose.txt", &render(&year(1, 2), true));
     }
 
     #[test]
@@ -636,6 +614,35 @@ mod tests {
             .filter(|line| line.chars().count() > 100)
             .count();
         assert_eq!(wide, 0, "{text}");
+    }
+
+    #[test]
+    fn log_lines_read_as_expected() {
+        let plan = year(1, 3);
+        let ids = ShortIds::of_plan(&plan);
+        let results = [
+            ActionResult::Done { bytes: None },
+            ActionResult::Done {
+                bytes: Some(5_432_100),
+            },
+            ActionResult::Skipped {
+                reason: btrfs2s3_core::execute::SkipReason::Interrupted,
+            },
+        ];
+        let mut text = String::new();
+        for (action, result) in plan.actions.iter().zip(results.iter().cycle()) {
+            let _ = writeln!(
+                text,
+                "{}: {}",
+                describe_action(action, &ids, false),
+                describe_result(result)
+            );
+        }
+        crate::expect_text("actions.txt", &text);
+        assert!(
+            text.lines().all(|line| line.chars().count() <= 100),
+            "{text}"
+        );
     }
 
     #[test]

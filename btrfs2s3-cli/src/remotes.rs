@@ -539,3 +539,49 @@ fn verified(report: &run::VerifyReport, uuid: Option<&UuidPrefix>) -> u8 {
         exit::OK
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use btrfs2s3_core::catalog::{BackupView, SourceView};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn backup(n: u128, parent: Option<u128>, depth: usize, broken: bool) -> BackupView {
+        let uuid =
+            |n: u128| Uuid::from_u128(n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+        BackupView {
+            key: format!("home.key{n}"),
+            uuid: uuid(n),
+            send_parent: parent.map(uuid),
+            ctime: format!("2026-0{n}-01T03:00:00+01:00"),
+            ctransid: 80_000 + i64::try_from(n).unwrap(),
+            size: 1_000_000 * u64::try_from(n).unwrap(),
+            storage_class: Some("STANDARD".to_owned()),
+            depth,
+            broken,
+        }
+    }
+
+    #[test]
+    fn a_list_reads_as_expected() {
+        let view = CatalogView {
+            remote: "aws".to_owned(),
+            bucket: "my-backups".to_owned(),
+            foreign_objects: 2,
+            sources: vec![SourceView {
+                uuid: Uuid::from_u128(0xfeed_0000_0000_0000_0000_0000_0000_0000),
+                name: "home".to_owned(),
+                backups: vec![
+                    backup(1, None, 0, false),
+                    backup(2, Some(1), 1, false),
+                    backup(3, Some(2), 2, false),
+                    backup(4, Some(9), 0, true),
+                ],
+            }],
+        };
+        let mut out = Vec::new();
+        write_catalog(&view, &mut out).unwrap();
+        crate::expect_text("list.txt", &String::from_utf8(out).unwrap());
+    }
+}
