@@ -114,6 +114,15 @@ impl PipeCommand {
     pub fn program(&self) -> &Path {
         &self.program
     }
+
+    /// The command as it runs, the program as looked up: `/usr/bin/zstd -T0` (not escaped).
+    #[must_use]
+    pub fn shown(&self) -> String {
+        std::iter::once(self.program.to_string_lossy().into_owned())
+            .chain(self.argv[1..].iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl serde::Serialize for PipeCommand {
@@ -407,11 +416,18 @@ pub async fn download_into(
             message: "the first command has no input pipe".to_owned(),
         }),
     };
+    // A download that broke off on the network side is the cause, and the commands we stop
+    // because of it are not; a command that failed on its own explains a broken pipe (a
+    // failed write of the download), so then the command goes first.
+    let network_failure = matches!(
+        &downloaded,
+        Err(PipelineError::Storage { source }) if !matches!(source, btrfs2s3_s3::Error::WriteDownload { .. })
+    );
     if downloaded.is_err() {
         chain.kill();
     }
-    // A command that failed explains a broken pipe in the download, so it goes first.
     match (chain.wait().await, downloaded) {
+        (_, Err(error)) if network_failure => Err(error),
         (Some(failure), _) => Err(failure),
         (None, downloaded) => downloaded,
     }

@@ -224,8 +224,8 @@ fn truncated_downloads_are_errors() {
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
     let report = stdout(&output);
     assert!(
-        report.contains("FAILED") && report.contains("source.ctim"),
-        "{report}"
+        report.contains("FAILED") && report.contains("download broke off"),
+        "the report names the truncated download, not the commands stopped because of it: {report}"
     );
     let dest = fixture
         .env
