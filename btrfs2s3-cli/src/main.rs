@@ -164,20 +164,21 @@ fn print_error(error: &(dyn std::error::Error + 'static)) {
     }
 }
 
+/// Prints a warning (the word in yellow on a terminal).
+fn warn(text: &str) {
+    eprintln!(
+        "btrfs2s3: {}: {text}",
+        paint::paint("warning", paint::Style::Warning, paint::Stream::Err)
+    );
+}
+
 /// Loads a config for a command that needs all of it, printing its warnings; `None` after
 /// printing why it cannot be loaded.
 fn load_config(path: &std::path::Path) -> Option<btrfs2s3_core::config::Config> {
     match btrfs2s3_core::config::load(path) {
         Ok(config) => {
             for warning in &config.warnings {
-                eprintln!(
-                    "btrfs2s3: {}: {warning}",
-                    crate::paint::paint(
-                        "warning",
-                        crate::paint::Style::Warning,
-                        crate::paint::Stream::Err
-                    )
-                );
+                crate::warn(warning);
             }
             Some(config)
         }

@@ -62,14 +62,7 @@ fn target(args: &RemoteArgs, need_one: bool) -> Result<Target, u8> {
         exit::USAGE
     })?;
     for warning in &config.warnings {
-        eprintln!(
-            "btrfs2s3: {}: {warning}",
-            crate::paint::paint(
-                "warning",
-                crate::paint::Style::Warning,
-                crate::paint::Stream::Err
-            )
-        );
+        crate::warn(warning);
     }
     let only = args.remote.as_deref();
     let target = if need_one {

@@ -47,14 +47,7 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
         }
     };
     for warning in &config.warnings {
-        eprintln!(
-            "btrfs2s3: {}: {warning}",
-            crate::paint::paint(
-                "warning",
-                crate::paint::Style::Warning,
-                crate::paint::Stream::Err
-            )
-        );
+        crate::warn(warning);
     }
     // After the config: a bad config is exit 2 in every mode.
     let interactive = std::io::stdin().is_terminal();
@@ -73,12 +66,7 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
                 let commands: Vec<String> = upload
                     .pipe_through
                     .iter()
-                    .map(|command| {
-                        std::iter::once(command.program().to_string_lossy().into_owned())
-                            .chain(command.argv()[1..].iter().cloned())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
+                    .map(btrfs2s3_core::pipeline::PipeCommand::shown)
                     .collect();
                 eprintln!(
                     "btrfs2s3: {} to {}: pipe_through {}",

@@ -323,29 +323,38 @@ impl Remote {
         }
     }
 
+    /// One page of the bucket's listing (`ListObjectsV2`, 1000 keys), after `continuation`;
+    /// the server's `Date` goes to `server_date`.
+    pub(crate) async fn list_page(
+        &self,
+        continuation: Option<String>,
+        server_date: &ServerDate,
+    ) -> Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output, Error> {
+        let counter = AttemptCounter::default();
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(1000)
+            // Keys are anyone's choice who can write to the bucket: one with a control
+            // character (legal in S3, impossible in XML 1.0) would make every listing
+            // fail. Encoded, it is just another key.
+            .encoding_type(EncodingType::Url)
+            .set_continuation_token(continuation)
+            .customize()
+            .interceptor(counter.clone())
+            .interceptor(server_date.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_error("list objects", None, &counter, &e))
+    }
+
     /// Lists the whole bucket in one paged `ListObjectsV2` pass (1000 keys a page).
     pub async fn list(&self) -> Result<Listing, Error> {
         let mut listing = Listing::default();
         let mut continuation: Option<String> = None;
         let server_date = ServerDate::default();
         loop {
-            let counter = AttemptCounter::default();
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .max_keys(1000)
-                // Keys are anyone's choice who can write to the bucket: one with a control
-                // character (legal in S3, impossible in XML 1.0) would make every listing
-                // fail. Encoded, it is just another key.
-                .encoding_type(EncodingType::Url)
-                .set_continuation_token(continuation.clone())
-                .customize()
-                .interceptor(counter.clone())
-                .interceptor(server_date.clone())
-                .send()
-                .await
-                .map_err(|e| self.request_error("list objects", None, &counter, &e))?;
+            let page = self.list_page(continuation.clone(), &server_date).await?;
             listing.pages += 1;
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for object in page.contents() {

@@ -1,10 +1,9 @@
 //! Object lock and versions: what a bucket does with them, the retention of an object,
 //! extending it, and deleting every version of an object.
 
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, Delete, EncodingType, ObjectIdentifier, ObjectLockEnabled,
-    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
+    Delete, EncodingType, ObjectIdentifier, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode,
 };
 use jiff::Timestamp;
 use snafu::ResultExt;
@@ -36,63 +35,13 @@ impl Remote {
     /// Whether the bucket has Object Lock enabled (one `GetObjectLockConfiguration`). A
     /// server that does not implement object lock has it disabled.
     pub async fn object_lock_enabled(&self) -> Result<bool, Error> {
-        let counter = AttemptCounter::default();
-        let result = self
-            .client
-            .get_object_lock_configuration()
-            .bucket(&self.bucket)
-            .customize()
-            .interceptor(counter.clone())
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(output
-                .object_lock_configuration()
-                .and_then(|config| config.object_lock_enabled())
-                == Some(&ObjectLockEnabled::Enabled)),
-            Err(error) if unsupported(error.code()) => Ok(false),
-            Err(error) => Err(self.request_error(
-                "read the object lock configuration",
-                None,
-                &counter,
-                &error,
-            )),
-        }
+        Ok(self.lock_configuration().await?.enabled)
     }
 
     /// Whether the bucket keeps versions (one `GetBucketVersioning`): enabled, or suspended
     /// with old versions possibly left. A server that does not implement versioning does not.
     pub async fn versioned(&self) -> Result<bool, Error> {
-        let counter = AttemptCounter::default();
-        let result = self
-            .client
-            .get_bucket_versioning()
-            .bucket(&self.bucket)
-            .customize()
-            .interceptor(counter.clone())
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(matches!(
-                output.status(),
-                Some(BucketVersioningStatus::Enabled | BucketVersioningStatus::Suspended)
-            )),
-            Err(error) if unsupported(error.code()) => Ok(false),
-            // moto answers a never-versioned bucket with a root element the SDK does not
-            // parse; the body still says (by leaving the status out) what it means.
-            Err(error) => match error
-                .raw_response()
-                .filter(|response| response.status().is_success())
-                .and_then(|response| response.body().bytes())
-            {
-                Some(body) => {
-                    let body = String::from_utf8_lossy(body);
-                    Ok(body.contains("<Status>Enabled</Status>")
-                        || body.contains("<Status>Suspended</Status>"))
-                }
-                None => Err(self.request_error("read the versioning of", None, &counter, &error)),
-            },
-        }
+        Ok(self.versioning().await? != crate::probe::Versioning::Off)
     }
 
     /// The retention of `key`'s current version, if it has one (`HeadObject`).

@@ -153,12 +153,7 @@ fn check_source(source: &SourceConfig) -> Vec<CheckLine> {
         let commands: Vec<String> = upload
             .pipe_through
             .iter()
-            .map(|command| {
-                std::iter::once(command.program().to_string_lossy().into_owned())
-                    .chain(command.argv()[1..].iter().cloned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+            .map(crate::pipeline::PipeCommand::shown)
             .collect();
         lines.push(CheckLine::ok(
             &format!("pipe_through to {}", upload.remote_id),
