@@ -1,7 +1,7 @@
 //! The printed preview of a plan: the snapshots, the backup tree of each remote, and the
 //! actions. Plain text, aligned in columns, the same on a terminal and in a log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
@@ -220,12 +220,48 @@ pub fn write_plan(plan: &Plan, verbose: bool, out: &mut dyn Write) -> io::Result
             "\nnote: the bucket of remote {remote} has Object Lock enabled, but the config sets no object_lock: new backups get the bucket's default retention, if any"
         )?;
     }
+    write_actions(plan, &ids, verbose, out)
+}
+
+/// The actions; uploads that share a stream are one action with several destinations.
+fn write_actions(
+    plan: &Plan,
+    ids: &ShortIds,
+    verbose: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     if plan.actions.is_empty() {
         writeln!(out, "\nactions: none")?;
     } else {
         writeln!(out, "\nactions:")?;
+        // Uploads that share a stream are one action with several destinations.
+        let uploads: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|action| matches!(action, Action::Upload(_)))
+            .collect();
+        let specs: Vec<&btrfs2s3_core::plan::UploadSpec> = uploads
+            .iter()
+            .filter_map(|action| match action {
+                Action::Upload(upload) => Some(&upload.spec),
+                _ => None,
+            })
+            .collect();
+        let mut streams: BTreeMap<usize, Vec<&Action>> = BTreeMap::new();
+        for members in btrfs2s3_core::execute::shared_streams(&specs) {
+            let first = members[0];
+            streams.insert(first, members.iter().map(|&m| uploads[m]).collect());
+        }
+        let mut upload_index = 0;
         for action in &plan.actions {
-            writeln!(out, "  {}", describe_action(action, &ids, verbose))?;
+            if matches!(action, Action::Upload(_)) {
+                if let Some(members) = streams.get(&upload_index) {
+                    writeln!(out, "  {}", describe_stream(members, ids, verbose))?;
+                }
+                upload_index += 1;
+            } else {
+                writeln!(out, "  {}", describe_action(action, ids, verbose))?;
+            }
         }
     }
     Ok(())
@@ -385,6 +421,41 @@ pub fn describe_action(action: &Action, ids: &ShortIds, verbose: bool) -> String
             key(&delete.key)
         ),
     }
+}
+
+/// What one stream of uploads does: `upload   1715609f -> aws, b2, full` (the uploads share
+/// snapshot, send parent and commands; only their remotes and keys differ).
+#[must_use]
+pub fn describe_stream(uploads: &[&Action], ids: &ShortIds, verbose: bool) -> String {
+    let specs: Vec<&btrfs2s3_core::plan::UploadSpec> = uploads
+        .iter()
+        .filter_map(|action| match action {
+            Action::Upload(upload) => Some(&upload.spec),
+            _ => None,
+        })
+        .collect();
+    let Some(first) = specs.first() else {
+        return String::new();
+    };
+    let kind = match &first.send_parent {
+        Some(parent) => format!("differential from {}", ids.get(parent.uuid)),
+        None => "full".to_owned(),
+    };
+    let remotes: Vec<&str> = specs.iter().map(|spec| spec.remote.as_str()).collect();
+    let keys = if verbose {
+        let keys: Vec<String> = specs
+            .iter()
+            .map(|spec| escape(&spec.key).into_owned())
+            .collect();
+        format!(" [key {}]", keys.join(", "))
+    } else {
+        String::new()
+    };
+    format!(
+        "upload   {} -> {}, {kind}{keys}",
+        ids.get(first.snapshot.uuid),
+        remotes.join(", ")
+    )
 }
 
 /// How an action went, in words.

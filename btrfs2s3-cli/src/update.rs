@@ -87,6 +87,7 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
         wait: std::time::Duration::from_secs(args.wait),
         ask: !args.force && interactive,
         min_snapshot_age: std::time::Duration::ZERO,
+        parallel_uploads: config.parallel_uploads,
     };
     let terminal = Terminal {
         args,

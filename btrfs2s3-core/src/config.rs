@@ -34,6 +34,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// The buckets, by id, in file order.
     pub remotes: Vec<Remote>,
+    /// How many upload streams run at a time (`parallel_uploads:`, default 2).
+    pub parallel_uploads: usize,
     /// Warnings that do not stop the run (a world-readable file holding secrets).
     pub warnings: Vec<String>,
 }
@@ -132,6 +134,8 @@ struct RawConfig {
     timezone: Spanned<String>,
     sources: Spanned<Vec<RawSource>>,
     remotes: Spanned<Vec<RawRemote>>,
+    #[serde(default)]
+    parallel_uploads: Option<Spanned<usize>>,
 }
 
 /// A config read only for its remotes (`list`, `restore`, `verify`): the sources are not
@@ -146,6 +150,9 @@ struct RawRemotesConfig {
     #[allow(dead_code)] // present in full configs; deliberately not read
     sources: Option<serde::de::IgnoredAny>,
     remotes: Spanned<Vec<RawRemote>>,
+    #[serde(default)]
+    #[allow(dead_code)] // only uploads run in parallel
+    parallel_uploads: Option<serde::de::IgnoredAny>,
 }
 
 /// What a command needs from the config.
@@ -391,15 +398,30 @@ pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, Config
         }),
         message,
     };
-    let (timezone, raw_sources, raw_remotes) = match needs {
+    let (timezone, raw_sources, raw_remotes, parallel) = match needs {
         Needs::Everything => {
             let raw: RawConfig = deserialize(path, text)?;
-            (Some(raw.timezone), Some(raw.sources), raw.remotes)
+            (
+                Some(raw.timezone),
+                Some(raw.sources),
+                raw.remotes,
+                raw.parallel_uploads,
+            )
         }
         Needs::RemotesOnly => {
             let raw: RawRemotesConfig = deserialize(path, text)?;
-            (raw.timezone, None, raw.remotes)
+            (raw.timezone, None, raw.remotes, None)
         }
+    };
+    let parallel_uploads = match parallel {
+        Some(parallel) if !(1..=16).contains(&parallel.value) => {
+            return Err(at(
+                &parallel.referenced,
+                "parallel_uploads: must be between 1 and 16".to_owned(),
+            ));
+        }
+        Some(parallel) => parallel.value,
+        None => DEFAULT_PARALLEL_UPLOADS,
     };
     let (timezone_name, timezone) = match timezone {
         Some(name) => {
@@ -427,9 +449,14 @@ pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, Config
         timezone,
         sources,
         remotes,
+        parallel_uploads,
         warnings: Vec::new(),
     })
 }
+
+/// How many upload streams run at a time unless the config says: two keep a 2-core machine
+/// busy while one stream waits on the network.
+pub const DEFAULT_PARALLEL_UPLOADS: usize = 2;
 
 /// The YAML into `T`, with serde-saphyr's errors turned into ours.
 fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<T, ConfigError> {
@@ -1069,6 +1096,13 @@ remotes:
             Verify::CaBundle("/etc/ssl/minio-ca.pem".into())
         );
         assert_eq!(local.access_key_id, None);
+        assert_eq!(config.parallel_uploads, DEFAULT_PARALLEL_UPLOADS);
+        let four = parse(
+            Path::new("c.yaml"),
+            &PYTHON_CONFIG.replacen("sources:", "parallel_uploads: 4\nsources:", 1),
+        )
+        .unwrap();
+        assert_eq!(four.parallel_uploads, 4);
         // The secret never shows in debug output.
         assert!(!format!("{config:?}").contains("very-secret"));
     }
@@ -1379,6 +1413,18 @@ remotes:
                 "      bucket: local-bucket\n      parts_in_flight: 0",
                 Some((32, 24)),
                 "parts_in_flight: must be between 1 and 64",
+            ),
+            (
+                "sources:",
+                "parallel_uploads: 0\nsources:",
+                Some((2, 19)),
+                "parallel_uploads: must be between 1 and 16",
+            ),
+            (
+                "sources:",
+                "parallel_uploads: two\nsources:",
+                Some((2, 19)),
+                "parallel_uploads",
             ),
             (
                 "    snapshots: /mnt/pool/.snapshots\n    upload_to_remotes:\n      - id: aws\n        preserve: 1y 3m",

@@ -27,14 +27,17 @@ use crate::error_chain;
 use crate::plan::{
     Action, Delete, Destroy, ExtendLock, Plan, Rename, SnapshotRef, Upload, UploadSpec,
 };
-use crate::world::{World, WorldError};
+use crate::world::{Uploader, World, WorldError};
 
 /// Hears about progress, for the user.
 pub trait Observer: Sync {
-    /// An action starts.
+    /// An action other than an upload starts.
     fn started(&self, action: &Action);
-    /// An upload has read this many bytes so far.
-    fn progress(&self, bytes: u64);
+    /// A stream starts: one `btrfs send` feeding `uploads` (one per remote). Several streams
+    /// may be in flight at once; `stream` tells them apart.
+    fn streaming(&self, stream: usize, uploads: &[&Action]);
+    /// A stream has read this many bytes so far.
+    fn progress(&self, stream: usize, bytes: u64);
     /// An action ended.
     fn finished(&self, action: &Action, result: &ActionResult);
 }
@@ -44,7 +47,8 @@ pub struct Silent;
 
 impl Observer for Silent {
     fn started(&self, _: &Action) {}
-    fn progress(&self, _: u64) {}
+    fn streaming(&self, _: usize, _: &[&Action]) {}
+    fn progress(&self, _: usize, _: u64) {}
     fn finished(&self, _: &Action, _: &ActionResult) {}
 }
 
@@ -238,26 +242,37 @@ impl Outcome {
     }
 }
 
-/// Runs `plan` against `world`. When `cancel` is cancelled (Ctrl-C), the action in flight
-/// stops (an upload is aborted) and the remaining ones are skipped.
+/// Runs `plan` against `world`, at most `parallel_uploads` streams at a time (at least one).
+/// When `cancel` is cancelled (Ctrl-C), the actions in flight stop (an upload is aborted) and
+/// the remaining ones are skipped.
 pub async fn execute<W: World>(
     plan: &Plan,
     world: &mut W,
     observer: &dyn Observer,
     cancel: &CancellationToken,
+    parallel_uploads: usize,
 ) -> Outcome {
     let mut executor = Executor {
         world,
         observer,
         results: Vec::with_capacity(plan.actions.len()),
-        names: HashMap::new(),
-        missing_uploads: BTreeSet::new(),
-        failed_pairs: BTreeSet::new(),
-        unfinished_needs: BTreeSet::new(),
-        unlocked: BTreeSet::new(),
+        state: State::default(),
     };
     let mut deletes: BTreeMap<&str, Vec<(&Action, &Delete)>> = BTreeMap::new();
-    for action in &plan.actions {
+    let mut actions = plan.actions.iter().peekable();
+    while let Some(action) = actions.next() {
+        if let Action::Upload(upload) = action {
+            // The plan's uploads are in one run: they go together, several at a time.
+            let mut uploads = vec![(action, upload.as_ref())];
+            while let Some(next @ Action::Upload(upload)) = actions.peek() {
+                uploads.push((next, upload.as_ref()));
+                actions.next();
+            }
+            executor
+                .uploads(&uploads, parallel_uploads.max(1), cancel)
+                .await;
+            continue;
+        }
         if cancel.is_cancelled() {
             executor.record(action, skipped(SkipReason::Interrupted));
             continue;
@@ -269,7 +284,7 @@ pub async fn execute<W: World>(
             }
             Action::CreateSnapshot(_) => skipped(SkipReason::OnlyPlanned),
             Action::Rename(rename) => executor.rename(action, rename).await,
-            Action::Upload(upload) => executor.upload(action, upload).await,
+            Action::Upload(_) => unreachable!("uploads go together"),
             Action::ExtendLock(extend) => executor.extend_lock(action, extend).await,
             Action::Destroy(destroy) => executor.destroy(action, destroy).await,
             Action::Delete(delete) => {
@@ -302,6 +317,12 @@ struct Executor<'a, W> {
     world: &'a mut W,
     observer: &'a dyn Observer,
     results: Vec<ActionOutcome>,
+    state: State,
+}
+
+/// What the actions so far did, which decides what the next ones may do.
+#[derive(Default)]
+struct State {
     /// Snapshot names as they are now, by uuid, for the snapshots renamed so far.
     names: HashMap<Uuid, String>,
     /// Uploads that did not happen: (remote, snapshot uuid).
@@ -314,15 +335,7 @@ struct Executor<'a, W> {
     unlocked: BTreeSet<(String, Uuid)>,
 }
 
-impl<W: World> Executor<'_, W> {
-    fn record(&mut self, action: &Action, result: ActionResult) {
-        self.observer.finished(action, &result);
-        self.results.push(ActionOutcome {
-            action: action.clone(),
-            result,
-        });
-    }
-
+impl State {
     /// The snapshot under its name as it is now (after the renames so far).
     fn current(&self, snapshot: &SnapshotRef) -> SnapshotRef {
         match self.names.get(&snapshot.uuid) {
@@ -334,64 +347,30 @@ impl<W: World> Executor<'_, W> {
         }
     }
 
-    async fn rename(&mut self, action: &Action, rename: &Rename) -> ActionResult {
-        self.observer.started(action);
-        let result = self
-            .world
-            .rename_snapshot(&rename.snapshot, &rename.to)
-            .await;
-        if result.is_ok() {
-            self.names.insert(rename.snapshot.uuid, rename.to.clone());
-            crate::failpoint::hit("renamed");
-        }
-        done_or_failed(result.map(|()| None))
-    }
-
-    async fn extend_lock(&mut self, action: &Action, extend: &ExtendLock) -> ActionResult {
-        self.observer.started(action);
-        let result = done_or_failed(self.world.extend_lock(extend).await.map(|()| None));
-        if !matches!(result, ActionResult::Done { .. }) {
-            self.unlocked.insert((extend.remote.clone(), extend.uuid));
-        }
-        result
-    }
-
-    async fn upload(&mut self, action: &Action, upload: &Upload) -> ActionResult {
-        let spec = &upload.spec;
-        let parent_of = |set: &BTreeSet<(String, Uuid)>| {
-            spec.send_parent
-                .as_ref()
-                .filter(|parent| set.contains(&(spec.remote.clone(), parent.uuid)))
-        };
-        let result = if let Some(parent) = parent_of(&self.missing_uploads) {
-            skipped(SkipReason::SendParentNotUploaded {
+    /// Why an upload cannot be done now, if it cannot: its send parent's upload or lock
+    /// extension in its remote did not happen.
+    fn blocked(&self, spec: &UploadSpec) -> Option<SkipReason> {
+        let parent = spec.send_parent.as_ref()?;
+        let id = (spec.remote.clone(), parent.uuid);
+        if self.missing_uploads.contains(&id) {
+            Some(SkipReason::SendParentNotUploaded {
                 parent: parent.name.clone(),
                 remote: spec.remote.clone(),
             })
-        } else if let Some(parent) = parent_of(&self.unlocked) {
+        } else if self.unlocked.contains(&id) {
             // Its lock would outlast its send parent's: a chain ransomware could break.
-            skipped(SkipReason::SendParentNotLocked {
+            Some(SkipReason::SendParentNotLocked {
                 parent: parent.name.clone(),
                 remote: spec.remote.clone(),
             })
         } else {
-            self.observer.started(action);
-            let current = UploadSpec {
-                snapshot: self.current(&spec.snapshot),
-                send_parent: spec.send_parent.as_ref().map(|p| self.current(p)),
-                ..spec.clone()
-            };
-            let observer = self.observer;
-            let progress = |bytes: u64| {
-                crate::failpoint::hit("upload-progress");
-                observer.progress(bytes);
-            };
-            let result = self.world.upload(&current, &progress).await;
-            if result.is_ok() {
-                crate::failpoint::hit("uploaded");
-            }
-            done_or_failed(result.map(Some))
-        };
+            None
+        }
+    }
+
+    /// Notes how an upload went: one that did not happen blocks its children and the deletes
+    /// of its pair, and keeps its snapshots for the retry.
+    fn upload_ended(&mut self, spec: &UploadSpec, result: &ActionResult) {
         if !matches!(result, ActionResult::Done { .. }) {
             self.missing_uploads
                 .insert((spec.remote.clone(), spec.snapshot.uuid));
@@ -401,12 +380,92 @@ impl<W: World> Executor<'_, W> {
             self.unfinished_needs
                 .extend(spec.send_parent.as_ref().map(|p| p.uuid));
         }
+    }
+}
+
+impl<W: World> Executor<'_, W> {
+    fn record(&mut self, action: &Action, result: ActionResult) {
+        self.observer.finished(action, &result);
+        self.results.push(ActionOutcome {
+            action: action.clone(),
+            result,
+        });
+    }
+
+    async fn rename(&mut self, action: &Action, rename: &Rename) -> ActionResult {
+        self.observer.started(action);
+        let result = self
+            .world
+            .rename_snapshot(&rename.snapshot, &rename.to)
+            .await;
+        if result.is_ok() {
+            self.state
+                .names
+                .insert(rename.snapshot.uuid, rename.to.clone());
+            crate::failpoint::hit("renamed");
+        }
+        done_or_failed(result.map(|()| None))
+    }
+
+    async fn extend_lock(&mut self, action: &Action, extend: &ExtendLock) -> ActionResult {
+        self.observer.started(action);
+        let result = done_or_failed(self.world.extend_lock(extend).await.map(|()| None));
+        if !matches!(result, ActionResult::Done { .. }) {
+            self.state
+                .unlocked
+                .insert((extend.remote.clone(), extend.uuid));
+        }
         result
     }
 
+    /// Runs the plan's uploads: those that share a stream (see [`shared_streams`]) as one,
+    /// up to `parallel` streams at a time, each once every upload its uploads are sent
+    /// against (in the same remote) has ended. Results are recorded in plan order.
+    async fn uploads(
+        &mut self,
+        uploads: &[(&Action, &Upload)],
+        parallel: usize,
+        cancel: &CancellationToken,
+    ) {
+        use futures_util::StreamExt;
+
+        let mut phase = UploadPhase::new(uploads);
+        let Executor {
+            world,
+            observer,
+            results: outcomes,
+            state,
+        } = self;
+        let observer = *observer;
+        let uploader = world.uploader();
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        loop {
+            while in_flight.len() < parallel {
+                let Some((stream, current)) = phase.next_ready(state, observer, cancel) else {
+                    break;
+                };
+                let actions = phase.actions(stream);
+                observer.streaming(stream, &actions);
+                let uploader = &uploader;
+                in_flight.push(async move {
+                    let progress = |bytes: u64| {
+                        crate::failpoint::hit("upload-progress");
+                        observer.progress(stream, bytes);
+                    };
+                    (stream, uploader.upload(&current, &progress).await)
+                });
+            }
+            let Some((stream, result)) = in_flight.next().await else {
+                break;
+            };
+            phase.ended(stream, result, state, observer);
+        }
+        outcomes.extend(phase.outcomes());
+    }
+
     async fn destroy(&mut self, action: &Action, destroy: &Destroy) -> ActionResult {
-        let snapshot = self.current(&destroy.snapshot);
-        if self.unfinished_needs.contains(&snapshot.uuid) {
+        let snapshot = self.state.current(&destroy.snapshot);
+        if self.state.unfinished_needs.contains(&snapshot.uuid) {
             return skipped(SkipReason::NeededForRetry {
                 snapshot: snapshot.name,
             });
@@ -422,7 +481,8 @@ impl<W: World> Executor<'_, W> {
     async fn delete(&mut self, remote: &str, actions: Vec<(&Action, &Delete)>) {
         let (waiting, to_delete): (Vec<_>, Vec<_>) =
             actions.into_iter().partition(|(_, delete)| {
-                self.failed_pairs
+                self.state
+                    .failed_pairs
                     .contains(&(remote.to_owned(), delete.source.clone()))
             });
         for (action, _) in waiting {
@@ -456,6 +516,206 @@ impl<W: World> Executor<'_, W> {
     }
 }
 
+/// The upload phase of an execution: which streams wait for which, and how each upload went.
+struct UploadPhase<'p> {
+    uploads: &'p [(&'p Action, &'p Upload)],
+    /// The uploads of each stream (indexes into `uploads`); once it starts, those that go.
+    streams: Vec<Vec<usize>>,
+    /// The streams each stream waits for.
+    waiting: Vec<BTreeSet<usize>>,
+    started: Vec<bool>,
+    results: Vec<Option<ActionResult>>,
+}
+
+impl<'p> UploadPhase<'p> {
+    fn new(uploads: &'p [(&'p Action, &'p Upload)]) -> UploadPhase<'p> {
+        let specs: Vec<&UploadSpec> = uploads.iter().map(|(_, upload)| &upload.spec).collect();
+        let streams = shared_streams(&specs);
+        let mut producer: HashMap<(&str, Uuid), usize> = HashMap::new();
+        for (stream, members) in streams.iter().enumerate() {
+            for &member in members {
+                producer.insert((&specs[member].remote, specs[member].snapshot.uuid), stream);
+            }
+        }
+        let waiting = streams
+            .iter()
+            .map(|members| {
+                members
+                    .iter()
+                    .filter_map(|&member| {
+                        let parent = specs[member].send_parent.as_ref()?;
+                        producer
+                            .get(&(specs[member].remote.as_str(), parent.uuid))
+                            .copied()
+                    })
+                    .collect()
+            })
+            .collect();
+        UploadPhase {
+            uploads,
+            started: vec![false; streams.len()],
+            results: vec![None; uploads.len()],
+            streams,
+            waiting,
+        }
+    }
+
+    fn spec(&self, member: usize) -> &'p UploadSpec {
+        &self.uploads[member].1.spec
+    }
+
+    /// The actions of a started stream.
+    fn actions(&self, stream: usize) -> Vec<&'p Action> {
+        self.streams[stream]
+            .iter()
+            .map(|&member| self.uploads[member].0)
+            .collect()
+    }
+
+    /// The first stream, in plan order, that waits for nothing more, with the uploads of it
+    /// that can go (under the snapshots' current names); the others are recorded as skipped.
+    fn next_ready(
+        &mut self,
+        state: &mut State,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) -> Option<(usize, Vec<UploadSpec>)> {
+        loop {
+            let stream = (0..self.streams.len())
+                .find(|&s| !self.started[s] && self.waiting[s].is_empty())?;
+            self.started[stream] = true;
+            let mut runnable = Vec::new();
+            for member in std::mem::take(&mut self.streams[stream]) {
+                let spec = self.spec(member);
+                let reason = if cancel.is_cancelled() {
+                    Some(SkipReason::Interrupted)
+                } else {
+                    state.blocked(spec)
+                };
+                match reason {
+                    Some(reason) => self.record(member, skipped(reason), state, observer),
+                    None => runnable.push(member),
+                }
+            }
+            if runnable.is_empty() {
+                // Nothing to wait for: the streams waiting on it may look again.
+                self.unblock(stream);
+                continue;
+            }
+            let current = runnable
+                .iter()
+                .map(|&member| {
+                    let spec = self.spec(member);
+                    UploadSpec {
+                        snapshot: state.current(&spec.snapshot),
+                        send_parent: spec.send_parent.as_ref().map(|p| state.current(p)),
+                        ..spec.clone()
+                    }
+                })
+                .collect();
+            self.streams[stream] = runnable;
+            return Some((stream, current));
+        }
+    }
+
+    /// A stream ended with `result` (see [`Uploader::upload`]).
+    fn ended(
+        &mut self,
+        stream: usize,
+        result: Result<Vec<Result<u64, WorldError>>, WorldError>,
+        state: &mut State,
+        observer: &dyn Observer,
+    ) {
+        let members = std::mem::take(&mut self.streams[stream]);
+        let results: Vec<ActionResult> = match result {
+            Ok(each) => each
+                .into_iter()
+                .map(|result| done_or_failed(result.map(Some)))
+                .collect(),
+            Err(error) => {
+                // The stream failed: every upload it fed did.
+                let error = ActionError::from(error);
+                members
+                    .iter()
+                    .map(|_| ActionResult::Failed {
+                        error: error.clone(),
+                    })
+                    .collect()
+            }
+        };
+        for (member, result) in members.into_iter().zip(results) {
+            if matches!(result, ActionResult::Done { .. }) {
+                crate::failpoint::hit("uploaded");
+            }
+            self.record(member, result, state, observer);
+        }
+        self.unblock(stream);
+    }
+
+    fn record(
+        &mut self,
+        member: usize,
+        result: ActionResult,
+        state: &mut State,
+        observer: &dyn Observer,
+    ) {
+        observer.finished(self.uploads[member].0, &result);
+        state.upload_ended(self.spec(member), &result);
+        self.results[member] = Some(result);
+    }
+
+    fn unblock(&mut self, stream: usize) {
+        for waits in &mut self.waiting {
+            waits.remove(&stream);
+        }
+    }
+
+    /// Every upload with its result, in plan order.
+    fn outcomes(self) -> impl Iterator<Item = ActionOutcome> + 'p {
+        self.uploads
+            .iter()
+            .zip(self.results)
+            .map(|((action, _), result)| ActionOutcome {
+                action: (*action).clone(),
+                // Every stream ends: dependencies point to earlier snapshots, so none waits
+                // forever.
+                result: result.unwrap_or_else(|| skipped(SkipReason::Interrupted)),
+            })
+    }
+}
+
+/// The uploads (indexes into `specs`, in order) that share one stream: the same snapshot
+/// sent against the same parent through the same commands, to different remotes. The streams
+/// are in the order of their first upload.
+#[must_use]
+pub fn shared_streams(specs: &[&UploadSpec]) -> Vec<Vec<usize>> {
+    let mut streams: Vec<Vec<usize>> = Vec::new();
+    let mut by_stream: HashMap<(Uuid, Option<Uuid>, &[crate::pipeline::PipeCommand]), usize> =
+        HashMap::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let id = (
+            spec.snapshot.uuid,
+            spec.send_parent.as_ref().map(|parent| parent.uuid),
+            spec.pipe_through.as_slice(),
+        );
+        match by_stream.get(&id) {
+            // One object per remote in a stream.
+            Some(&stream)
+                if !streams[stream]
+                    .iter()
+                    .any(|&member| specs[member].remote == spec.remote) =>
+            {
+                streams[stream].push(index);
+            }
+            _ => {
+                by_stream.insert(id, streams.len());
+                streams.push(vec![index]);
+            }
+        }
+    }
+    streams
+}
+
 fn skipped(reason: SkipReason) -> ActionResult {
     ActionResult::Skipped { reason }
 }
@@ -480,7 +740,8 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let outcome = runtime.block_on(execute(&plan, world, &Silent, &CancellationToken::new()));
+        let outcome =
+            runtime.block_on(execute(&plan, world, &Silent, &CancellationToken::new(), 2));
         (plan, outcome)
     }
 
@@ -520,6 +781,227 @@ mod tests {
             "{:?}",
             world.log
         );
+    }
+
+    fn run_with(world: &mut FakeWorld, parallel: usize) -> Outcome {
+        let plan = plan(&world.assessment()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(execute(
+            &plan,
+            world,
+            &Silent,
+            &CancellationToken::new(),
+            parallel,
+        ))
+    }
+
+    /// [`history`] backed up to two remotes alike.
+    fn two_remotes() -> FakeWorld {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y 1m 1d"), ("b2", "1y 1m 1d")]);
+        world.add_snapshot(0, "y", 2, "2026-01-02T00:00:00Z", 100);
+        world.add_snapshot(0, "m", 3, "2026-03-01T00:00:00Z", 200);
+        world.add_snapshot(0, "d", 4, "2026-03-08T11:00:00Z", 300);
+        world
+    }
+
+    /// The streams of the log: `send <ctransid> <remotes>`.
+    fn sends(world: &FakeWorld) -> Vec<String> {
+        world
+            .log
+            .iter()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("send ")?.split(' ');
+                let name = words.next()?;
+                let ctransid = name.rsplit('.').next()?;
+                Some(format!("send {ctransid} {}", words.next()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_stream_feeds_every_remote_of_a_snapshot() {
+        let mut world = two_remotes();
+        let outcome = run_with(&mut world, 2);
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert_eq!(
+            sends(&world),
+            ["send 100 aws,b2", "send 200 aws,b2", "send 300 aws,b2"]
+        );
+        assert_eq!(world.objects["aws"].len(), 3);
+        assert_eq!(world.objects["b2"].len(), 3);
+        // One result per upload.
+        let uploads = outcome
+            .results
+            .iter()
+            .filter(|outcome| matches!(outcome.action, Action::Upload(_)))
+            .count();
+        assert_eq!(uploads, 6);
+    }
+
+    #[test]
+    fn a_remote_that_fails_fails_alone_and_its_children_wait() {
+        let mut world = two_remotes();
+        world.add_snapshot(0, "old", 1, "2025-06-01T00:00:00Z", 50);
+        world.add_backup(0, "b2", 1, None);
+        world.failing_remotes.insert("b2".to_owned());
+        let outcome = run_with(&mut world, 2);
+        let result_of = |remote: &str, name: &str| {
+            outcome
+                .results
+                .iter()
+                .find(|outcome| match &outcome.action {
+                    Action::Upload(upload) => {
+                        upload.spec.remote == remote && upload.spec.snapshot.name == name
+                    }
+                    _ => false,
+                })
+                .map(|outcome| outcome.result.clone())
+                .unwrap()
+        };
+        for name in ["y", "m", "d"] {
+            assert!(
+                matches!(result_of("aws", name), ActionResult::Done { .. }),
+                "{name}: {outcome:?}"
+            );
+        }
+        assert!(matches!(result_of("b2", "y"), ActionResult::Failed { .. }));
+        assert_eq!(
+            result_of("b2", "m"),
+            skipped(SkipReason::SendParentNotUploaded {
+                parent: "y".to_owned(),
+                remote: "b2".to_owned()
+            })
+        );
+        // The children went to the remote that works, alone in their streams.
+        assert_eq!(
+            sends(&world),
+            ["send 100 aws,b2", "send 200 aws", "send 300 aws"]
+        );
+        // The old backup in the failing remote stays until its replacement is there.
+        let delete = outcome
+            .results
+            .iter()
+            .find(|outcome| matches!(outcome.action, Action::Delete(_)))
+            .unwrap();
+        assert_eq!(
+            delete.result,
+            skipped(SkipReason::UploadFailed {
+                remote: "b2".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn streams_run_side_by_side_up_to_the_limit_and_children_after_parents() {
+        for (parallel, expected) in [(1, 1), (2, 2), (3, 3), (8, 3)] {
+            let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+            for source in 0..3 {
+                let name = format!("s{source}");
+                world.add_source(&name, 1 + source as u128, &[("aws", "1y 1m 1d")]);
+                let id = 10 * (source as u64 + 1);
+                world.add_snapshot(source, "y", id, "2026-01-02T00:00:00Z", 100);
+                world.add_snapshot(source, "m", id + 1, "2026-03-01T00:00:00Z", 200);
+                world.add_snapshot(source, "d", id + 2, "2026-03-08T11:00:00Z", 300);
+            }
+            world.yields_per_stream = 5;
+            let outcome = run_with(&mut world, parallel);
+            assert!(outcome.succeeded(), "{outcome:?}");
+            assert_eq!(
+                world.most_streams_in_flight, expected,
+                "parallel {parallel}: {:?}",
+                world.log
+            );
+            // Every differential started after its parent's upload ended.
+            let position = |line: String| {
+                world
+                    .log
+                    .iter()
+                    .position(|l| *l == line)
+                    .unwrap_or_else(|| panic!("{line}: {:?}", world.log))
+            };
+            for source in 0..3 {
+                let name = |date: &str, ctransid: u32| format!("s{source}.{date}+00:00.{ctransid}");
+                let yearly = name("2026-01-02T00:00:00", 100);
+                let monthly = name("2026-03-01T00:00:00", 200);
+                let daily = name("2026-03-08T11:00:00", 300);
+                assert!(
+                    position(format!("upload aws {yearly}"))
+                        < position(format!("send {monthly} aws")),
+                    "{:?}",
+                    world.log
+                );
+                assert!(
+                    position(format!("upload aws {monthly}"))
+                        < position(format!("send {daily} aws")),
+                    "{:?}",
+                    world.log
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn streams_share_snapshot_parent_and_commands_and_one_object_per_remote() {
+        let spec = |remote: &str, snapshot: u128, parent: Option<u128>, pipe: &[&str]| {
+            let reference = |uuid: u128| SnapshotRef {
+                directory: "/pool/.snapshots".into(),
+                name: format!("s{uuid}"),
+                id: Some(1),
+                uuid: Uuid::from_u128(uuid),
+            };
+            UploadSpec {
+                remote: remote.to_owned(),
+                key: format!("{remote}-{snapshot}").into(),
+                source: "/pool/home".into(),
+                snapshot: reference(snapshot),
+                send_parent: parent.map(reference),
+                pipe_through: pipe
+                    .iter()
+                    .map(|c| crate::pipeline::PipeCommand::new(vec![(*c).to_owned()]))
+                    .collect(),
+                options: btrfs2s3_s3::UploadOptions::default(),
+            }
+        };
+        let cases: Vec<(Vec<UploadSpec>, Vec<Vec<usize>>)> = vec![
+            (vec![], vec![]),
+            (vec![spec("a", 1, None, &[])], vec![vec![0]]),
+            (
+                vec![spec("a", 1, None, &[]), spec("b", 1, None, &[])],
+                vec![vec![0, 1]],
+            ),
+            // Another send parent, other commands: other streams.
+            (
+                vec![
+                    spec("a", 2, Some(1), &[]),
+                    spec("b", 2, None, &[]),
+                    spec("c", 2, Some(1), &["gzip"]),
+                    spec("d", 2, Some(1), &[]),
+                ],
+                vec![vec![0, 3], vec![1], vec![2]],
+            ),
+            // Interleaved snapshots keep the order of their first upload.
+            (
+                vec![
+                    spec("a", 1, None, &[]),
+                    spec("a", 2, Some(1), &[]),
+                    spec("b", 1, None, &[]),
+                    spec("b", 2, Some(1), &[]),
+                ],
+                vec![vec![0, 2], vec![1, 3]],
+            ),
+            // Never two objects of one remote in a stream.
+            (
+                vec![spec("a", 1, None, &[]), spec("a", 1, None, &[])],
+                vec![vec![0], vec![1]],
+            ),
+        ];
+        for (specs, expected) in cases {
+            let refs: Vec<&UploadSpec> = specs.iter().collect();
+            assert_eq!(shared_streams(&refs), expected, "{specs:?}");
+        }
     }
 
     #[test]
@@ -664,6 +1146,7 @@ mod tests {
             &mut failing,
             &Silent,
             &CancellationToken::new(),
+            2,
         ));
         let destroy = outcome
             .results
@@ -683,6 +1166,7 @@ mod tests {
             &mut world,
             &Silent,
             &CancellationToken::new(),
+            2,
         ));
         assert!(outcome.succeeded(), "{outcome:?}");
         let upload = world

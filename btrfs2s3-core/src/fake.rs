@@ -3,6 +3,7 @@
 //! again. For unit tests of the planner and the executor; integration tests use real btrfs
 //! and real S3 servers.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::plan::{
     SnapshotState, SourceState, UploadSpec, UploadTarget,
 };
 use crate::storage::LockSettings;
-use crate::world::{World, WorldError};
+use crate::world::{Uploader, World, WorldError};
 
 /// A source of the fake world.
 #[derive(Debug, Clone)]
@@ -67,6 +68,11 @@ pub struct FakeWorld {
     /// Deletes of objects whose lock had not expired, and locks shortened (the bucket refuses
     /// both; a correct planner never asks).
     pub lock_violations: Vec<String>,
+    /// Each upload stream yields this many times before it stores anything, so that several
+    /// can be in flight at once.
+    pub yields_per_stream: usize,
+    /// The most upload streams that were in flight at once.
+    pub most_streams_in_flight: usize,
 }
 
 impl FakeWorld {
@@ -90,6 +96,8 @@ impl FakeWorld {
             retentions: BTreeMap::new(),
             classes: BTreeMap::new(),
             lock_violations: Vec::new(),
+            yields_per_stream: 0,
+            most_streams_in_flight: 0,
         }
     }
 
@@ -284,6 +292,7 @@ impl FakeWorld {
             wait: std::time::Duration::ZERO,
             ask: false,
             min_snapshot_age: std::time::Duration::ZERO,
+            parallel_uploads: crate::config::DEFAULT_PARALLEL_UPLOADS,
         }
     }
 
@@ -331,6 +340,77 @@ impl FakeWorld {
                     snapshot.directory.display()
                 ))
             })
+    }
+}
+
+/// Uploads of the fake world. A call borrows the world only while it does not wait, so
+/// several calls can be in flight at once.
+pub struct FakeUploader<'a> {
+    world: RefCell<&'a mut FakeWorld>,
+    in_flight: Cell<usize>,
+}
+
+impl Uploader for FakeUploader<'_> {
+    async fn upload(
+        &self,
+        uploads: &[UploadSpec],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<Result<u64, WorldError>>, WorldError> {
+        let Some(first) = uploads.first() else {
+            return Ok(Vec::new());
+        };
+        self.in_flight.set(self.in_flight.get() + 1);
+        let yields = {
+            let mut world = self.world.borrow_mut();
+            world.most_streams_in_flight = world.most_streams_in_flight.max(self.in_flight.get());
+            let remotes: Vec<&str> = uploads.iter().map(|u| u.remote.as_str()).collect();
+            world.log.push(format!(
+                "send {} {}",
+                first.snapshot.name,
+                remotes.join(",")
+            ));
+            world.yields_per_stream
+        };
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        self.in_flight.set(self.in_flight.get() - 1);
+        let mut world = self.world.borrow_mut();
+        // The stream: its snapshots must be there.
+        world.snapshot_mut(&first.snapshot)?;
+        if let Some(parent) = &first.send_parent {
+            world.snapshot_mut(parent)?;
+        }
+        progress(100);
+        Ok(uploads.iter().map(|upload| world.store(upload)).collect())
+    }
+}
+
+impl FakeWorld {
+    /// One object of an upload.
+    fn store(&mut self, upload: &UploadSpec) -> Result<u64, WorldError> {
+        self.operate()?;
+        if self.failing_keys.contains(&*upload.key) || self.failing_remotes.contains(&upload.remote)
+        {
+            return Err(injected(&format!(
+                "injected failure uploading {}",
+                upload.key
+            )));
+        }
+        self.objects
+            .entry(upload.remote.clone())
+            .or_default()
+            .insert(upload.key.to_string(), 100);
+        let id = (upload.remote.clone(), upload.key.to_string());
+        if let Some(lock) = upload.options.object_lock {
+            self.retentions.insert(id.clone(), lock);
+        }
+        if let Some(class) = &upload.options.storage_class {
+            self.classes.insert(id, class.clone());
+        }
+        self.log
+            .push(format!("upload {} {}", upload.remote, upload.snapshot.name));
+        Ok(100)
     }
 }
 
@@ -383,38 +463,13 @@ impl World for FakeWorld {
         Ok(())
     }
 
-    async fn upload(
-        &mut self,
-        upload: &UploadSpec,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<u64, WorldError> {
-        self.operate()?;
-        self.snapshot_mut(&upload.snapshot)?;
-        if let Some(parent) = &upload.send_parent {
-            self.snapshot_mut(parent)?;
+    type Uploader<'a> = FakeUploader<'a>;
+
+    fn uploader(&mut self) -> FakeUploader<'_> {
+        FakeUploader {
+            world: RefCell::new(self),
+            in_flight: Cell::new(0),
         }
-        if self.failing_keys.contains(&*upload.key) || self.failing_remotes.contains(&upload.remote)
-        {
-            return Err(injected(&format!(
-                "injected failure uploading {}",
-                upload.key
-            )));
-        }
-        progress(100);
-        self.objects
-            .entry(upload.remote.clone())
-            .or_default()
-            .insert(upload.key.to_string(), 100);
-        let id = (upload.remote.clone(), upload.key.to_string());
-        if let Some(lock) = upload.options.object_lock {
-            self.retentions.insert(id.clone(), lock);
-        }
-        if let Some(class) = &upload.options.storage_class {
-            self.classes.insert(id, class.clone());
-        }
-        self.log
-            .push(format!("upload {} {}", upload.remote, upload.snapshot.name));
-        Ok(100)
     }
 
     async fn extend_lock(&mut self, extend: &ExtendLock) -> Result<(), WorldError> {

@@ -36,6 +36,12 @@ pub enum PipelineError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The stream could not be read.
+    #[snafu(display("cannot read the stream to upload"))]
+    ReadStream {
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A command could not be started.
     #[snafu(display("cannot start {role} {}", CommandLine(command)))]
     Spawn {
@@ -81,7 +87,7 @@ pub enum PipelineError {
 /// One command of a pipeline: its arguments as written (for messages and the plan), and the
 /// program it runs — looked up and checked once, when the config is loaded (see
 /// [`crate::trust::resolve_program`]). Serialized as its arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PipeCommand {
     argv: Vec<String>,
     program: PathBuf,
@@ -300,17 +306,29 @@ impl Chain {
     }
 }
 
-/// Sends `snapshot` (against `options.parent`) through `pipe_through` into `key` of `remote`.
-/// Returns the size of the stored object.
+/// Where one stream of an upload goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The bucket.
+    pub remote: &'a Remote,
+    /// The object key.
+    pub key: &'a str,
+    /// How the object is stored.
+    pub options: &'a UploadOptions,
+}
+
+/// Sends `snapshot` (against `options.parent`) through `pipe_through` into one object per
+/// destination: one `btrfs send` and one pipeline whose output feeds every destination's
+/// staged upload (see [`tee`]). Every object appears only once the send and every command
+/// succeeded. The outer error is the stream's (every destination fails with it); otherwise each
+/// destination has its own result: the size of the stored object, or why its remote failed.
 pub async fn upload_snapshot(
-    remote: &Remote,
-    key: &str,
+    destinations: &[Destination<'_>],
     snapshot: OwnedFd,
     options: SendOptions,
     pipe_through: &[PipeCommand],
-    upload_options: &UploadOptions,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<u64, PipelineError> {
+) -> Result<Vec<Result<u64, PipelineError>>, PipelineError> {
     let (read_end, write_end) = std::io::pipe().map_err(|source| PipelineError::Pipe { source })?;
     widen_pipe(&read_end);
     let send = tokio::task::spawn_blocking(move || {
@@ -323,7 +341,7 @@ pub async fn upload_snapshot(
         let staged = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(read_end))
         {
             // Read the send pipe directly, without blocking the runtime.
-            Ok(mut pipe) => stage(remote, key, &mut pipe, upload_options, progress).await,
+            Ok(mut pipe) => stage_all(destinations, &mut pipe, progress).await,
             Err(source) => Err(PipelineError::Pipe { source }),
         };
         (
@@ -341,9 +359,7 @@ pub async fn upload_snapshot(
             Stdio::piped(),
         );
         let staged = match (started, chain.last_stdout()) {
-            (Ok(()), Some(mut stdout)) => {
-                stage(remote, key, &mut stdout, upload_options, progress).await
-            }
+            (Ok(()), Some(mut stdout)) => stage_all(destinations, &mut stdout, progress).await,
             (Err(error), _) => Err(error),
             (Ok(()), None) => Err(PipelineError::Internal {
                 message: "the last command has no output pipe".to_owned(),
@@ -351,7 +367,11 @@ pub async fn upload_snapshot(
         };
         (chain, staged)
     };
-    if staged.is_err() {
+    // Nobody reads the stream any more when every destination failed.
+    if !staged
+        .as_ref()
+        .is_ok_and(|staged| staged.iter().any(Result::is_ok))
+    {
         chain.kill();
     }
     let send_result = send.await.map_err(|e| PipelineError::Internal {
@@ -359,35 +379,160 @@ pub async fn upload_snapshot(
     })?;
     let command_failure = chain.wait().await;
 
-    // The upload failing (or a command not starting) is the error to report.
+    // Reading the stream failing (or a command not starting) is the error to report.
     let staged = staged?;
+    let any_staged = staged.iter().any(Result::is_ok);
     // A command that failed is the cause of a broken pipe in `btrfs send`, so it goes first.
     let failure = command_failure.or_else(|| {
         send_result
             .err()
             .map(|source| PipelineError::Send { source })
     });
-    if let Some(failure) = failure {
+    if let Some(failure) = failure
+        && any_staged
+    {
         // Best effort: the failure is what matters, and an abandoned staged upload is
         // aborted when dropped anyway.
-        let _ = staged.abort().await;
+        futures_util::future::join_all(staged.into_iter().flatten().map(StagedUpload::abort)).await;
         return Err(failure);
     }
-    staged
-        .complete()
-        .await
-        .map_err(|source| PipelineError::Storage { source })
+    let completions = staged.into_iter().map(|staged| async move {
+        staged?
+            .complete()
+            .await
+            .map_err(|source| PipelineError::Storage { source })
+    });
+    Ok(futures_util::future::join_all(completions).await)
+}
+
+/// Stages the stream of `reader` for every destination: directly for one, through [`tee`]
+/// for several. The outer error is the stream's.
+async fn stage_all(
+    destinations: &[Destination<'_>],
+    reader: &mut (impl AsyncRead + Unpin),
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Result<StagedUpload, PipelineError>>, PipelineError> {
+    if let [only] = destinations {
+        return Ok(vec![stage(*only, reader, progress).await]);
+    }
+    let (senders, mut receivers): (Vec<_>, Vec<_>) = destinations
+        .iter()
+        .map(|_| {
+            let (sender, receiver) = tokio::sync::mpsc::channel(TEE_CHUNKS_QUEUED);
+            (sender, ChunkReader::new(receiver))
+        })
+        .unzip();
+    let staging = futures_util::future::join_all(destinations.iter().zip(&mut receivers).map(
+        |(destination, receiver)| async move {
+            let staged = stage(*destination, receiver, &|_| {}).await;
+            // A destination that failed reads no more: the tee drops it.
+            receiver.close();
+            staged
+        },
+    ));
+    let (teed, staged) = tokio::join!(tee(reader, senders, progress), staging);
+    if let Err(source) = teed {
+        // The destinations saw an end of the stream that was none.
+        futures_util::future::join_all(staged.into_iter().flatten().map(StagedUpload::abort)).await;
+        return Err(PipelineError::ReadStream { source });
+    }
+    Ok(staged)
+}
+
+/// How many chunks of the stream wait for each destination of a shared stream.
+const TEE_CHUNKS_QUEUED: usize = 4;
+
+/// The size of the chunks a shared stream is read in.
+const TEE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Reads `reader` to its end, handing every chunk to each destination's queue in turn, so
+/// the slowest destination sets the pace and memory stays bounded (`TEE_CHUNKS_QUEUED`
+/// chunks per destination besides its upload's own parts). A destination whose upload
+/// failed closes its queue and is left out from then on; when none is left, reading stops.
+/// The end of the stream is the end of every queue.
+async fn tee(
+    reader: &mut (impl AsyncRead + Unpin),
+    senders: Vec<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<()> {
+    let mut senders: Vec<_> = senders.into_iter().map(Some).collect();
+    let mut total = 0u64;
+    loop {
+        let mut chunk = bytes::BytesMut::with_capacity(TEE_CHUNK_BYTES);
+        while chunk.len() < TEE_CHUNK_BYTES {
+            if reader.read_buf(&mut chunk).await? == 0 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        total += chunk.len() as u64;
+        progress(total);
+        let chunk = chunk.freeze();
+        for slot in &mut senders {
+            if let Some(sender) = slot
+                && sender.send(chunk.clone()).await.is_err()
+            {
+                *slot = None;
+            }
+        }
+        if senders.iter().all(Option::is_none) {
+            return Ok(());
+        }
+    }
+}
+
+/// The reading end of one destination's queue of a shared stream.
+struct ChunkReader {
+    receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl ChunkReader {
+    fn new(receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> ChunkReader {
+        ChunkReader {
+            receiver,
+            chunk: bytes::Bytes::new(),
+        }
+    }
+
+    /// Takes no more chunks (and drops the queued ones): the tee leaves this one out.
+    fn close(&mut self) {
+        self.receiver.close();
+        while self.receiver.try_recv().is_ok() {}
+    }
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.chunk.is_empty() {
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => self.chunk = chunk,
+                // The end of the stream.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.chunk.len().min(buf.remaining());
+        buf.put_slice(&self.chunk.split_to(n));
+        Poll::Ready(Ok(()))
+    }
 }
 
 async fn stage(
-    remote: &Remote,
-    key: &str,
+    destination: Destination<'_>,
     reader: &mut (impl AsyncRead + Unpin),
-    upload_options: &UploadOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<StagedUpload, PipelineError> {
-    remote
-        .stage_upload(key, reader, upload_options, progress)
+    destination
+        .remote
+        .stage_upload(destination.key, reader, destination.options, progress)
         .await
         .map_err(|source| PipelineError::Storage { source })
 }
@@ -468,6 +613,76 @@ mod tests {
 
     fn capacity(pipe: &impl AsFd) -> i32 {
         nix::fcntl::fcntl(pipe, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ")
+    }
+
+    /// Reads a chunk reader to its end, closing it after `stop_after` bytes (a destination
+    /// that failed).
+    async fn drain(mut reader: ChunkReader, stop_after: Option<usize>) -> Vec<u8> {
+        let mut read = Vec::new();
+        let mut buffer = [0u8; 7000];
+        loop {
+            if stop_after.is_some_and(|limit| read.len() >= limit) {
+                reader.close();
+                return read;
+            }
+            let n = reader.read(&mut buffer).await.unwrap();
+            if n == 0 {
+                return read;
+            }
+            read.extend_from_slice(&buffer[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tee_gives_every_reader_the_whole_stream_and_leaves_out_who_stops() {
+        let stream: Vec<u8> = (0..5 * TEE_CHUNK_BYTES + 12345)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| {
+                let (sender, receiver) = tokio::sync::mpsc::channel(TEE_CHUNKS_QUEUED);
+                (sender, ChunkReader::new(receiver))
+            })
+            .unzip();
+        let mut receivers = receivers.into_iter();
+        let progress = std::sync::Mutex::new(Vec::new());
+        let record = |bytes: u64| progress.lock().unwrap().push(bytes);
+        let mut input = &stream[..];
+        let (teed, whole, stopped, other) = tokio::join!(
+            tee(&mut input, senders, &record),
+            drain(receivers.next().unwrap(), None),
+            drain(receivers.next().unwrap(), Some(TEE_CHUNK_BYTES)),
+            drain(receivers.next().unwrap(), None),
+        );
+        teed.unwrap();
+        assert!(
+            whole == stream && other == stream,
+            "every reader got it all"
+        );
+        assert_eq!(stopped, stream[..stopped.len()], "a prefix");
+        assert!(stopped.len() < stream.len());
+        let progress = progress.into_inner().unwrap();
+        assert_eq!(progress.last(), Some(&(stream.len() as u64)));
+    }
+
+    #[tokio::test]
+    async fn a_tee_stops_reading_when_every_reader_stopped() {
+        let stream = vec![7u8; 20 * TEE_CHUNK_BYTES];
+        let (sender, receiver) = tokio::sync::mpsc::channel(TEE_CHUNKS_QUEUED);
+        let read = std::sync::atomic::AtomicU64::new(0);
+        let record = |bytes: u64| read.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        let mut input = &stream[..];
+        let (teed, got) = tokio::join!(
+            tee(&mut input, vec![sender], &record),
+            drain(ChunkReader::new(receiver), Some(1)),
+        );
+        teed.unwrap();
+        assert!(!got.is_empty());
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            read < stream.len() as u64 / 2,
+            "the tee stopped early: {read} bytes"
+        );
     }
 
     #[tokio::test]

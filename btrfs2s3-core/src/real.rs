@@ -23,7 +23,7 @@ use crate::plan::{
     AbortUpload, Assessment, BackupState, ExtendLock, Origin, RemoteState, SnapshotRef,
     SnapshotState, SourceState, UploadSpec, UploadTarget,
 };
-use crate::world::{World, WorldError};
+use crate::world::{Uploader, World, WorldError};
 
 /// Why the state could not be assessed. Nothing has been changed when this happens.
 #[derive(Debug, Snafu)]
@@ -563,42 +563,10 @@ impl World for RealWorld {
             .await
     }
 
-    async fn upload(
-        &mut self,
-        upload: &UploadSpec,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<u64, WorldError> {
-        let parent = match &upload.send_parent {
-            // Checks that the send parent is still there and still the same subvolume.
-            Some(parent) => Some(
-                self.on_snapshot(parent, |dir, name, id| {
-                    dir.open_snapshot(name, id).map(|_| id)
-                })
-                .await?,
-            ),
-            None => None,
-        };
-        let snapshot = self
-            .on_snapshot(&upload.snapshot, |dir, name, id| {
-                dir.open_snapshot(name, id)
-            })
-            .await?;
-        let options = SendOptions {
-            parent,
-            ..SendOptions::default()
-        };
-        let remote = self.remote(&upload.remote)?;
-        let size = crate::pipeline::upload_snapshot(
-            remote,
-            &upload.key,
-            snapshot,
-            options,
-            &upload.pipe_through,
-            &upload.options,
-            progress,
-        )
-        .await?;
-        Ok(size)
+    type Uploader<'a> = &'a RealWorld;
+
+    fn uploader(&mut self) -> &RealWorld {
+        self
     }
 
     /// In a versioned bucket every version goes, delete markers included: a plain delete
@@ -632,5 +600,70 @@ impl World for RealWorld {
             .abort_upload(&upload.key, &upload.upload_id)
             .await?;
         Ok(())
+    }
+}
+
+impl Uploader for &RealWorld {
+    async fn upload(
+        &self,
+        uploads: &[UploadSpec],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<Result<u64, WorldError>>, WorldError> {
+        let Some(first) = uploads.first() else {
+            return Ok(Vec::new());
+        };
+        let parent = match &first.send_parent {
+            // Checks that the send parent is still there and still the same subvolume.
+            Some(parent) => Some(
+                self.on_snapshot(parent, |dir, name, id| {
+                    dir.open_snapshot(name, id).map(|_| id)
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let snapshot = self
+            .on_snapshot(&first.snapshot, SnapshotDir::open_snapshot)
+            .await?;
+        let options = SendOptions {
+            parent,
+            ..SendOptions::default()
+        };
+        // A remote that is not connected fails alone; the others get the stream.
+        let mut results: Vec<Option<Result<u64, WorldError>>> = Vec::new();
+        let mut destinations = Vec::new();
+        for upload in uploads {
+            match self.remote(&upload.remote) {
+                Ok(remote) => {
+                    results.push(None);
+                    destinations.push(crate::pipeline::Destination {
+                        remote,
+                        key: &upload.key,
+                        options: &upload.options,
+                    });
+                }
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        let mut streamed = crate::pipeline::upload_snapshot(
+            &destinations,
+            snapshot,
+            options,
+            &first.pipe_through,
+            progress,
+        )
+        .await?
+        .into_iter();
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| match streamed.next() {
+                    Some(streamed) => streamed.map_err(WorldError::from),
+                    None => Err(WorldError::Worker {
+                        message: "an upload's result went missing".to_owned(),
+                    }),
+                })
+            })
+            .collect())
     }
 }

@@ -25,18 +25,33 @@ pub trait World {
     -> Result<(), WorldError>;
     /// Destroys a snapshot (named as it is now).
     async fn destroy_snapshot(&mut self, snapshot: &SnapshotRef) -> Result<(), WorldError>;
-    /// Streams a snapshot (named as it is now) into its object; returns the bytes stored.
-    async fn upload(
-        &mut self,
-        upload: &UploadSpec,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<u64, WorldError>;
+    /// What runs uploads, several at a time.
+    type Uploader<'a>: Uploader
+    where
+        Self: 'a;
+    /// The uploader, for the upload phase of a run: nothing else is done while it lives.
+    fn uploader(&mut self) -> Self::Uploader<'_>;
     /// Deletes objects from a remote; fails if any of them was not deleted.
     async fn delete_backups(&mut self, remote: &str, keys: &[Arc<str>]) -> Result<(), WorldError>;
     /// Aborts a multipart upload.
     async fn abort_upload(&mut self, upload: &AbortUpload) -> Result<(), WorldError>;
     /// Makes a backup's object lock reach `extend.lock`.
     async fn extend_lock(&mut self, extend: &ExtendLock) -> Result<(), WorldError>;
+}
+
+/// Runs uploads; several of its calls may be in flight at once.
+#[allow(async_fn_in_trait)] // used with concrete types only
+pub trait Uploader {
+    /// Streams one snapshot (named as it is now) into one object per spec: the specs share
+    /// their snapshot, send parent and `pipe_through`, so one `btrfs send` and one pipeline
+    /// feed them all. `progress` hears the bytes of the stream read so far. An error of the
+    /// stream itself (the send, a command) is the outer error, for every spec; otherwise each
+    /// spec gets its own result: the bytes stored, or why its remote failed.
+    async fn upload(
+        &self,
+        uploads: &[UploadSpec],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<Result<u64, WorldError>>, WorldError>;
 }
 
 /// Why an operation of the world failed.

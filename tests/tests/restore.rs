@@ -172,7 +172,7 @@ fn restoring_one_differential_brings_its_ancestors() {
     };
     let fixture = three_runs(env, "single");
     let found = backups(&fixture, 1);
-    let (last_key, last) = found.last().unwrap();
+    let (_, last) = found.last().unwrap();
     let dest = fresh_dest(env);
     let uuid = last.uuid.to_string();
     let pretend = restore(&fixture, "garage", &dest, &["--uuid", &uuid, "--pretend"]);
@@ -188,8 +188,11 @@ fn restoring_one_differential_brings_its_ancestors() {
         2,
         "the full backup, then the differential: {listed:?}"
     );
+    let short = |uuid: uuid::Uuid| uuid.simple().to_string()[..8].to_owned();
     assert!(
-        listed[0].starts_with(&found[0].0) && listed[1].starts_with(last_key.as_str()),
+        listed[0].starts_with(&short(found[0].1.uuid))
+            && listed[1].starts_with(&short(last.uuid))
+            && listed[1].contains(&format!("<- {}", short(found[0].1.uuid))),
         "{listed:?}"
     );
     assert!(
@@ -247,10 +250,11 @@ fn verify_passes_on_good_backups_and_fails_on_altered_bytes() {
         (1, "garage", &[][..]),
         (0, "moto", &["--pipe-through", "gunzip"][..]),
     ] {
-        let (key, _) = backups(&fixture, index)
+        let (key, meta) = backups(&fixture, index)
             .into_iter()
             .max_by_key(|(k, _)| fixture.download(index, k).len())
             .unwrap();
+        let short = &meta.uuid.simple().to_string()[..8];
         let mut bytes = fixture.download(index, &key);
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
@@ -258,7 +262,10 @@ fn verify_passes_on_good_backups_and_fails_on_altered_bytes() {
         let bad = verify(remote, pipe);
         assert_eq!(bad.status.code(), Some(1), "{remote}: {}", stdout(&bad));
         let report = stdout(&bad);
-        let line = report.lines().find(|l| l.contains(&key)).unwrap();
+        let line = report
+            .lines()
+            .find(|l| l.contains(short))
+            .unwrap_or_else(|| panic!("{remote}: no line for {short}: {report}"));
         assert!(line.contains("FAILED"), "{remote}: {report}");
         assert!(
             report.contains("1 problem(s) in 3 backup(s) checked"),

@@ -220,6 +220,7 @@ impl State<'_> {
             wait: self.options.wait,
             ask: false,
             min_snapshot_age: self.options.interval,
+            parallel_uploads: self.config.parallel_uploads,
         };
         let report = update_cached(&self.config, &options, &mut self.cache, ui, cancel).await;
         let took = clock.elapsed();

@@ -53,6 +53,8 @@ pub struct UpdateOptions {
     /// A source that changed gets a new snapshot only when its newest one is at least this
     /// old (a daemon's `--interval`); zero for `update`.
     pub min_snapshot_age: Duration,
+    /// How many upload streams run at a time (the config's `parallel_uploads`).
+    pub parallel_uploads: usize,
 }
 
 /// What the person at the prompt chose.
@@ -520,7 +522,7 @@ async fn act<W: World>(
         Choice::Stop => UpdateEnd::Declined,
         Choice::Undo => UpdateEnd::Undone(undo(world, plan).await),
         Choice::Execute => {
-            let outcome = execute(plan, world, ui, cancel.token()).await;
+            let outcome = execute(plan, world, ui, cancel.token(), options.parallel_uploads).await;
             if cancel.is_cancelled() {
                 UpdateEnd::Interrupted(interrupted(world, plan, Some(outcome), cancel).await)
             } else {
@@ -718,7 +720,8 @@ mod tests {
 
     impl Observer for Scripted {
         fn started(&self, _: &Action) {}
-        fn progress(&self, _: u64) {}
+        fn streaming(&self, _: usize, _: &[&Action]) {}
+        fn progress(&self, _: usize, _: u64) {}
         fn finished(&self, _: &Action, _: &ActionResult) {}
     }
 
