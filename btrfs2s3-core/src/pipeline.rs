@@ -319,7 +319,7 @@ pub struct Destination<'a> {
 
 /// Sends `snapshot` (against `options.parent`) through `pipe_through` into one object per
 /// destination: one `btrfs send` and one pipeline whose output feeds every destination's
-/// staged upload (see [`tee`]). Every object appears only once the send and every command
+/// staged upload (see `tee`). Every object appears only once the send and every command
 /// succeeded. The outer error is the stream's (every destination fails with it); otherwise each
 /// destination has its own result: the size of the stored object, or why its remote failed.
 pub async fn upload_snapshot(
