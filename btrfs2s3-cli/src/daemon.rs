@@ -36,6 +36,10 @@ pub struct DaemonArgs {
     /// Health-check URL pinged around every cycle: URL/start, then URL or URL/fail.
     #[arg(long, value_name = "URL")]
     pub ping: Option<String>,
+    /// Upload at most this many bytes per second, all remotes together (`20MiB/s`; KiB, MiB,
+    /// GiB), besides each remote's own `rate_limit`.
+    #[arg(long, value_name = "RATE", value_parser = btrfs2s3_core::config::parse_rate)]
+    pub rate_limit: Option<u64>,
     /// The configuration file.
     pub config: PathBuf,
 }
@@ -62,6 +66,10 @@ pub fn daemon(args: &DaemonArgs) -> u8 {
         wait: Duration::from_secs(args.wait),
         metrics: args.metrics.clone(),
         ping,
+        // One limit for the daemon's whole life, shared by its cycles.
+        rate_limit: args
+            .rate_limit
+            .map(btrfs2s3_core::storage::BandwidthLimit::new),
     };
     let log = Log {
         progress: Progress::new(false),

@@ -117,6 +117,10 @@ pub struct UpdateArgs {
     /// POST URL after a run that went well or URL/fail after one that did not.
     #[arg(long, value_name = "URL", conflicts_with = "pretend")]
     pub ping: Option<String>,
+    /// Upload at most this many bytes per second, all remotes together (`20MiB/s`; KiB, MiB,
+    /// GiB), besides each remote's own `rate_limit`.
+    #[arg(long, value_name = "RATE", value_parser = btrfs2s3_core::config::parse_rate)]
+    pub rate_limit: Option<u64>,
     /// The configuration file.
     pub config: PathBuf,
 }

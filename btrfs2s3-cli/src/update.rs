@@ -88,6 +88,9 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
         ask: !args.force && interactive,
         min_snapshot_age: std::time::Duration::ZERO,
         parallel_uploads: config.parallel_uploads,
+        rate_limit: args
+            .rate_limit
+            .map(btrfs2s3_core::storage::BandwidthLimit::new),
     };
     let terminal = Terminal {
         args,

@@ -252,6 +252,8 @@ struct RawS3 {
     #[serde(default)]
     parts_in_flight: Option<Spanned<usize>>,
     #[serde(default)]
+    rate_limit: Option<Spanned<String>>,
+    #[serde(default)]
     max_attempts: Option<Spanned<u32>>,
     #[serde(default)]
     timeout_seconds: Option<Spanned<u64>>,
@@ -452,6 +454,29 @@ pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, Config
         parallel_uploads,
         warnings: Vec::new(),
     })
+}
+
+/// A bandwidth: `20MiB/s`, `512KiB/s`, `1.5GiB/s`, `100000/s` (bytes per second; the `/s` may be
+/// left out). At least 1 KiB/s.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let expected =
+        || format!("expected bytes per second like \"20MiB/s\" (KiB, MiB or GiB), found {text:?}");
+    let trimmed = text.trim();
+    let amount = trimmed.strip_suffix("/s").unwrap_or(trimmed).trim_end();
+    let (number, unit) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
+        .into_iter()
+        .find_map(|(suffix, unit)| Some((amount.strip_suffix(suffix)?, unit)))
+        .unwrap_or((amount, 1));
+    let number: f64 = number.trim().parse().map_err(|_| expected())?;
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = number * unit as f64;
+    if !(1024.0..=1e15).contains(&bytes) {
+        return Err(format!(
+            "must be between 1KiB/s and 1000TiB/s, found {text:?}"
+        ));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(bytes as u64)
 }
 
 /// How many upload streams run at a time unless the config says: two keep a 2-core machine
@@ -998,6 +1023,12 @@ fn remote_config(
         }
         upload.parts_in_flight = parts.value;
     }
+    if let Some(rate) = raw.rate_limit {
+        upload.rate_limit = Some(
+            parse_rate(&rate.value)
+                .map_err(|message| at(&rate.referenced, format!("s3: rate_limit: {message}")))?,
+        );
+    }
     config.upload = upload;
     if let Some(attempts) = raw.max_attempts {
         if !(1..=100).contains(&attempts.value) {
@@ -1062,6 +1093,32 @@ remotes:
 ";
 
     #[test]
+    fn rates_read_like_their_units() {
+        for (text, expected) in [
+            ("20MiB/s", Ok(20 << 20)),
+            ("512KiB/s", Ok(512 << 10)),
+            ("1.5GiB/s", Ok(3 << 29)),
+            ("100000/s", Ok(100_000)),
+            ("2MiB", Ok(2 << 20)),
+            (" 8 MiB/s ", Ok(8 << 20)),
+            ("1000/s", Err("must be between")),
+            ("0MiB/s", Err("must be between")),
+            ("-1MiB/s", Err("must be between")),
+            ("fast", Err("expected bytes per second")),
+            ("20MB/s", Err("expected bytes per second")),
+            ("20 MiB per second", Err("expected bytes per second")),
+        ] {
+            match (parse_rate(text), expected) {
+                (Ok(rate), Ok(expected)) => assert_eq!(rate, expected, "{text}"),
+                (Err(message), Err(fragment)) => {
+                    assert!(message.contains(fragment), "{text}: {message}");
+                }
+                (got, _) => panic!("{text}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn python_tool_config_is_accepted_unchanged() {
         let config = parse(Path::new("c.yaml"), PYTHON_CONFIG).unwrap();
         assert_eq!(config.timezone_name, "America/Los_Angeles");
@@ -1111,7 +1168,7 @@ remotes:
     fn our_own_keys_are_optional_and_checked() {
         let config = parse(Path::new("c.yaml"), &PYTHON_CONFIG.replace(
             "      bucket: local-bucket\n",
-            "      bucket: local-bucket\n      part_size_mib: 16\n      parts_in_flight: 2\n      max_attempts: 3\n      timeout_seconds: 30\n",
+            "      bucket: local-bucket\n      part_size_mib: 16\n      parts_in_flight: 2\n      rate_limit: 5MiB/s\n      max_attempts: 3\n      timeout_seconds: 30\n",
         ))
         .unwrap();
         let local = &config.remote("local").unwrap().s3;
@@ -1120,6 +1177,7 @@ remotes:
         assert_eq!(local.upload.part_size, 16 << 20);
         assert_eq!(local.upload.parts_in_flight, 2);
         assert_eq!(local.max_attempts, 3);
+        assert_eq!(local.upload.rate_limit, Some(5 << 20));
         assert_eq!(local.read_timeout, Duration::from_secs(30));
     }
 
@@ -1413,6 +1471,12 @@ remotes:
                 "      bucket: local-bucket\n      parts_in_flight: 0",
                 Some((32, 24)),
                 "parts_in_flight: must be between 1 and 64",
+            ),
+            (
+                "      bucket: local-bucket",
+                "      bucket: local-bucket\n      rate_limit: fast",
+                Some((32, 19)),
+                "s3: rate_limit: expected bytes per second like \"20MiB/s\"",
             ),
             (
                 "sources:",

@@ -293,6 +293,7 @@ impl FakeWorld {
             ask: false,
             min_snapshot_age: std::time::Duration::ZERO,
             parallel_uploads: crate::config::DEFAULT_PARALLEL_UPLOADS,
+            rate_limit: None,
         }
     }
 

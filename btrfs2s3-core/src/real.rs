@@ -229,6 +229,13 @@ impl RealWorld {
         Ok((world, assessment))
     }
 
+    /// Makes every upload also draw from `limit` (shared by all remotes).
+    pub fn limit_uploads(&mut self, limit: &crate::storage::BandwidthLimit) {
+        for connected in self.remotes.values_mut() {
+            connected.client = connected.client.clone().with_rate_limit(limit.0.clone());
+        }
+    }
+
     /// The remotes that were listed rather than taken from the cache, in config order.
     #[must_use]
     pub fn listed(&self) -> &[String] {

@@ -218,3 +218,16 @@ mod tests {
         );
     }
 }
+
+/// A bandwidth limit for all remotes together (`--rate-limit`): the uploads of every run given
+/// a clone of it share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BandwidthLimit(pub(crate) btrfs2s3_s3::RateLimit);
+
+impl BandwidthLimit {
+    /// At most `bytes_per_second`, all uploads together.
+    #[must_use]
+    pub fn new(bytes_per_second: u64) -> BandwidthLimit {
+        BandwidthLimit(btrfs2s3_s3::RateLimit::new(bytes_per_second))
+    }
+}

@@ -9,6 +9,7 @@ mod archive;
 mod error;
 mod key;
 mod probe;
+mod rate;
 mod remote;
 mod retention;
 mod tls;
@@ -18,6 +19,7 @@ pub use archive::{Availability, Restore, RestoreTier, needs_restore};
 pub use error::{DeleteFailure, Error, Failure, RequestError};
 pub use key::{BackupMeta, KeyError, decode_key, format_ctime};
 pub use probe::{FirstPage, LockConfiguration, Versioning, probe_key};
+pub use rate::RateLimit;
 pub use remote::{
     ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, Secret,
     UploadSettings, Verify,

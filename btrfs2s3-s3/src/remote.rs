@@ -22,6 +22,7 @@ use crate::error::{
     WriteDownloadSnafu,
 };
 use crate::key::decode_key;
+use crate::rate::RateLimit;
 
 /// A secret string: never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct UploadSettings {
     pub parts_per_size_step: u32,
     /// How many parts are uploaded at once while the next one is read.
     pub parts_in_flight: usize,
+    /// The most bytes per second uploads to this remote may read.
+    pub rate_limit: Option<u64>,
 }
 
 impl Default for UploadSettings {
@@ -77,6 +80,7 @@ impl Default for UploadSettings {
             part_size: 8 << 20,
             parts_per_size_step: 900,
             parts_in_flight: 4,
+            rate_limit: None,
         }
     }
 }
@@ -183,6 +187,9 @@ pub struct Remote {
     pub(crate) unsigned_payload: bool,
     /// Cancels uploads and downloads in flight (Ctrl-C): they stop and clean up.
     pub(crate) cancel: CancellationToken,
+    /// The bandwidth limits uploads draw from: this remote's own, and one shared with
+    /// other remotes.
+    pub(crate) limits: Vec<RateLimit>,
 }
 
 impl Remote {
@@ -272,7 +279,20 @@ impl Remote {
                 .as_deref()
                 .is_none_or(|url| url.to_ascii_lowercase().starts_with("https://")),
             cancel: CancellationToken::new(),
+            limits: config
+                .upload
+                .rate_limit
+                .map(RateLimit::new)
+                .into_iter()
+                .collect(),
         })
+    }
+
+    /// This remote with uploads that also draw from `limit` (shared with other remotes).
+    #[must_use]
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Remote {
+        self.limits.push(limit);
+        self
     }
 
     /// This remote with uploads and downloads that stop when `token` is cancelled: an upload

@@ -370,6 +370,15 @@ impl Remote {
             }
             *total += read as u64;
             progress(*total);
+            for limit in &self.limits {
+                let wait = limit.take(read);
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.cancel.cancelled() => return Err(self.cancelled(key)),
+                    }
+                }
+            }
         }
         Ok(buffer.freeze())
     }

@@ -29,6 +29,7 @@ fn config(server: &S3Server, bucket: &str) -> RemoteConfig {
             part_size: 5 * MIB,
             parts_per_size_step: 1000,
             parts_in_flight: 3,
+            ..UploadSettings::default()
         },
         ..RemoteConfig::new(bucket)
     }
@@ -261,6 +262,7 @@ async fn larger_streams_become_multipart_uploads_with_growing_parts() {
                 part_size: 5 * MIB,
                 parts_per_size_step: 2,
                 parts_in_flight: 2,
+                ..UploadSettings::default()
             },
         )
         .await;

@@ -45,6 +45,8 @@ pub struct DaemonOptions {
     pub metrics: Option<PathBuf>,
     /// Where to ping around every cycle (`--ping`).
     pub ping: Option<Pinger>,
+    /// A bandwidth limit for all remotes together (`--rate-limit`).
+    pub rate_limit: Option<crate::storage::BandwidthLimit>,
 }
 
 /// What the daemon has to say, for its log.
@@ -221,6 +223,7 @@ impl State<'_> {
             ask: false,
             min_snapshot_age: self.options.interval,
             parallel_uploads: self.config.parallel_uploads,
+            rate_limit: self.options.rate_limit.clone(),
         };
         let report = update_cached(&self.config, &options, &mut self.cache, ui, cancel).await;
         let took = clock.elapsed();

@@ -55,6 +55,9 @@ pub struct UpdateOptions {
     pub min_snapshot_age: Duration,
     /// How many upload streams run at a time (the config's `parallel_uploads`).
     pub parallel_uploads: usize,
+    /// A bandwidth limit for all remotes together (`--rate-limit`), besides each remote's
+    /// own; shared by every run that is given it.
+    pub rate_limit: Option<crate::storage::BandwidthLimit>,
 }
 
 /// What the person at the prompt chose.
@@ -429,6 +432,9 @@ async fn run_update(
         .filter(|remote| world.listed().contains(&remote.id))
     {
         ui.listed(remote);
+    }
+    if let Some(limit) = &options.rate_limit {
+        world.limit_uploads(limit);
     }
     let report = cycle(&mut world, assessment, options, ui, cancel).await;
     if let Some(cache) = cache {
