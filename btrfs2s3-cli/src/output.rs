@@ -437,10 +437,13 @@ pub fn describe_stream(uploads: &[&Action], ids: &ShortIds, verbose: bool) -> St
     let Some(first) = specs.first() else {
         return String::new();
     };
-    let kind = match &first.send_parent {
+    let mut kind = match &first.send_parent {
         Some(parent) => format!("differential from {}", ids.get(parent.uuid)),
         None => "full".to_owned(),
     };
+    if !first.send_protocol.is_v1() {
+        kind.push_str(", send protocol 2");
+    }
     let remotes: Vec<&str> = specs.iter().map(|spec| spec.remote.as_str()).collect();
     let keys = if verbose {
         let keys: Vec<String> = specs
@@ -600,6 +603,7 @@ mod tests {
                                 snapshot: current,
                                 send_parent: parent.map(|p| snapshot_ref(p, "parent")),
                                 pipe_through: Vec::new(),
+                                send_protocol: Default::default(),
                                 options: Default::default(),
                             },
                             keep: keep(&span, true),

@@ -63,6 +63,30 @@ pub struct UploadConfig {
     pub pipe_through: Vec<PipeCommand>,
     /// The storage classes of new backups (`storage_class:`); the bucket's default without.
     pub storage_classes: Option<StorageClasses>,
+    /// The send stream's format (`send_protocol:`).
+    pub send_protocol: SendProtocol,
+}
+
+/// The format of a send stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum SendProtocol {
+    /// Version 1: every extent's data as plain bytes; any `btrfs receive` reads it.
+    #[default]
+    #[serde(rename = "1")]
+    V1,
+    /// Version 2 with compressed extents sent as they are on disk (`encoded_write`):
+    /// smaller streams from a compressed filesystem; `btrfs receive` needs btrfs-progs 5.19
+    /// or newer.
+    #[serde(rename = "2")]
+    V2,
+}
+
+impl SendProtocol {
+    /// Whether this is version 1, the default.
+    #[must_use]
+    pub fn is_v1(&self) -> bool {
+        *self == SendProtocol::V1
+    }
 }
 
 /// A remote: an id and how to reach its bucket.
@@ -184,6 +208,8 @@ struct RawUpload {
     storage_class: Option<Spanned<RawStorageClass>>,
     #[serde(default)]
     min_days: Option<Spanned<BTreeMap<String, Spanned<u32>>>>,
+    #[serde(default)]
+    send_protocol: Option<Spanned<u32>>,
 }
 
 /// `storage_class:`: one class, or a mapping from units to classes.
@@ -777,11 +803,13 @@ fn parse_sources(
             let pipe_through = parse_pipe_through(raw_upload.pipe_through.unwrap_or_default(), at)?;
             let storage_classes =
                 storage_classes(raw_upload.storage_class, raw_upload.min_days, &preserve, at)?;
+            let send_protocol = send_protocol(raw_upload.send_protocol, at)?;
             uploads.push(UploadConfig {
                 remote_id: id,
                 preserve,
                 pipe_through,
                 storage_classes,
+                send_protocol,
             });
         }
         sources.push(SourceConfig {
@@ -792,6 +820,25 @@ fn parse_sources(
     }
 
     Ok(sources)
+}
+
+/// `send_protocol:` 1 (the default) or 2.
+fn send_protocol(
+    raw: Option<Spanned<u32>>,
+    at: &impl Fn(&serde_saphyr::Location, String) -> ConfigError,
+) -> Result<SendProtocol, ConfigError> {
+    match raw {
+        None => Ok(SendProtocol::V1),
+        Some(version) if version.value == 1 => Ok(SendProtocol::V1),
+        Some(version) if version.value == 2 => Ok(SendProtocol::V2),
+        Some(version) => Err(at(
+            &version.referenced,
+            format!(
+                "upload_to_remotes: send_protocol: expected 1 or 2, found {}",
+                version.value
+            ),
+        )),
+    }
 }
 
 /// Checks that every `pipe_through` command names a program.
@@ -1154,6 +1201,23 @@ remotes:
         );
         assert_eq!(local.access_key_id, None);
         assert_eq!(config.parallel_uploads, DEFAULT_PARALLEL_UPLOADS);
+        assert_eq!(
+            config.sources[0].upload_to_remotes[0].send_protocol,
+            SendProtocol::V1
+        );
+        let two = parse(
+            Path::new("c.yaml"),
+            &PYTHON_CONFIG.replacen(
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        send_protocol: 2\n",
+                1,
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            two.sources[0].upload_to_remotes[0].send_protocol,
+            SendProtocol::V2
+        );
         let four = parse(
             Path::new("c.yaml"),
             &PYTHON_CONFIG.replacen("sources:", "parallel_uploads: 4\nsources:", 1),
@@ -1477,6 +1541,12 @@ remotes:
                 "      bucket: local-bucket\n      rate_limit: fast",
                 Some((32, 19)),
                 "s3: rate_limit: expected bytes per second like \"20MiB/s\"",
+            ),
+            (
+                "        preserve: 1y 3m 30d 24h\n",
+                "        preserve: 1y 3m 30d 24h\n        send_protocol: 3\n",
+                Some((8, 24)),
+                "send_protocol: expected 1 or 2, found 3",
             ),
             (
                 "sources:",

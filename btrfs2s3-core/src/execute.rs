@@ -684,19 +684,28 @@ impl<'p> UploadPhase<'p> {
     }
 }
 
+/// What makes a stream: snapshot, send parent, commands, format.
+type StreamId<'s> = (
+    Uuid,
+    Option<Uuid>,
+    &'s [crate::pipeline::PipeCommand],
+    crate::config::SendProtocol,
+);
+
 /// The uploads (indexes into `specs`, in order) that share one stream: the same snapshot
-/// sent against the same parent through the same commands, to different remotes. The streams
+/// sent against the same parent in the same format through the same commands, to different
+/// remotes. The streams
 /// are in the order of their first upload.
 #[must_use]
 pub fn shared_streams(specs: &[&UploadSpec]) -> Vec<Vec<usize>> {
     let mut streams: Vec<Vec<usize>> = Vec::new();
-    let mut by_stream: HashMap<(Uuid, Option<Uuid>, &[crate::pipeline::PipeCommand]), usize> =
-        HashMap::new();
+    let mut by_stream: HashMap<StreamId<'_>, usize> = HashMap::new();
     for (index, spec) in specs.iter().enumerate() {
         let id = (
             spec.snapshot.uuid,
             spec.send_parent.as_ref().map(|parent| parent.uuid),
             spec.pipe_through.as_slice(),
+            spec.send_protocol,
         );
         match by_stream.get(&id) {
             // One object per remote in a stream.
@@ -962,8 +971,13 @@ mod tests {
                     .iter()
                     .map(|c| crate::pipeline::PipeCommand::new(vec![(*c).to_owned()]))
                     .collect(),
+                send_protocol: crate::config::SendProtocol::V1,
                 options: btrfs2s3_s3::UploadOptions::default(),
             }
+        };
+        let v2 = |spec: UploadSpec| UploadSpec {
+            send_protocol: crate::config::SendProtocol::V2,
+            ..spec
         };
         let cases: Vec<(Vec<UploadSpec>, Vec<Vec<usize>>)> = vec![
             (vec![], vec![]),
@@ -991,6 +1005,11 @@ mod tests {
                     spec("b", 2, Some(1), &[]),
                 ],
                 vec![vec![0, 2], vec![1, 3]],
+            ),
+            // Another stream format: another stream.
+            (
+                vec![spec("a", 1, None, &[]), v2(spec("b", 1, None, &[]))],
+                vec![vec![0], vec![1]],
             ),
             // Never two objects of one remote in a stream.
             (

@@ -138,6 +138,7 @@ impl FakeWorld {
                     preserve: preserve.parse().expect("a valid policy"),
                     pipe_through: Vec::new(),
                     storage_classes: None,
+                    send_protocol: crate::config::SendProtocol::V1,
                 }
             })
             .collect();

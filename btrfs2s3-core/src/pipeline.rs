@@ -76,6 +76,14 @@ pub enum PipelineError {
         /// The S3 error.
         source: btrfs2s3_s3::Error,
     },
+    /// `btrfs receive` is older than the stream's format.
+    #[snafu(display(
+        "btrfs receive cannot read this backup, sent with send protocol 2 (send_protocol: 2): it needs btrfs-progs 5.19 or newer"
+    ))]
+    ReceiveTooOld {
+        /// What `btrfs receive` said.
+        source: Box<PipelineError>,
+    },
     /// A worker thread died.
     #[snafu(display("internal error: {message}"))]
     Internal {

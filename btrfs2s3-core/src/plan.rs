@@ -20,6 +20,7 @@ use serde::Serialize;
 use snafu::Snafu;
 use uuid::Uuid;
 
+use crate::config::SendProtocol;
 use crate::pipeline::PipeCommand;
 use crate::storage::{LockSettings, StorageClasses};
 
@@ -101,6 +102,8 @@ pub struct UploadTarget {
     pub pipe_through: Vec<PipeCommand>,
     /// The storage classes of new backups; the bucket's default without.
     pub storage_classes: Option<StorageClasses>,
+    /// The send stream's format.
+    pub send_protocol: SendProtocol,
 }
 
 /// A bucket and the backups found in it.
@@ -296,6 +299,9 @@ pub struct UploadSpec {
     pub send_parent: Option<SnapshotRef>,
     /// The commands the stream goes through.
     pub pipe_through: Vec<PipeCommand>,
+    /// The send stream's format.
+    #[serde(skip_serializing_if = "SendProtocol::is_v1")]
+    pub send_protocol: SendProtocol,
     /// How the object is stored.
     #[serde(skip_serializing_if = "is_default")]
     pub options: UploadOptions,
@@ -834,6 +840,7 @@ impl Builder<'_> {
                 snapshot: snapshot_ref(source, snapshot),
                 send_parent: send_parent.map(|parent| snapshot_ref(source, parent)),
                 pipe_through: target.pipe_through.clone(),
+                send_protocol: target.send_protocol,
                 options: UploadOptions {
                     storage_class,
                     object_lock,

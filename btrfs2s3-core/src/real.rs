@@ -461,6 +461,7 @@ fn source_state(
                 preserve: upload.preserve,
                 pipe_through: upload.pipe_through.clone(),
                 storage_classes: upload.storage_classes.clone(),
+                send_protocol: upload.send_protocol,
             })
             .collect(),
     })
@@ -632,9 +633,11 @@ impl Uploader for &RealWorld {
         let snapshot = self
             .on_snapshot(&first.snapshot, SnapshotDir::open_snapshot)
             .await?;
+        let compressed = first.send_protocol == crate::config::SendProtocol::V2;
         let options = SendOptions {
             parent,
-            ..SendOptions::default()
+            protocol: compressed.then_some(2),
+            compressed,
         };
         // A remote that is not connected fails alone; the others get the stream.
         let mut results: Vec<Option<Result<u64, WorldError>>> = Vec::new();

@@ -124,7 +124,9 @@ pub async fn receive(
     .map_err(|error| PipelineError::Internal {
         message: format!("the thread that looked at the destination failed: {error}"),
     })?;
-    let result = download_into(remote, key, commands, progress).await;
+    let result = download_into(remote, key, commands, progress)
+        .await
+        .map_err(explain_stream_version);
     if result.is_err()
         && let Some(dir) = directory
     {
@@ -156,7 +158,22 @@ pub async fn verify(
     commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
-    download_into(remote, key, commands, progress).await
+    download_into(remote, key, commands, progress)
+        .await
+        .map_err(explain_stream_version)
+}
+
+/// A `btrfs receive` that refused the stream's version gets told why: the backup was sent
+/// with protocol 2 and btrfs-progs is older than 5.19 ("stream version 2 not supported").
+fn explain_stream_version(error: PipelineError) -> PipelineError {
+    match &error {
+        PipelineError::Command { stderr, .. } if stderr.contains("stream version") => {
+            PipelineError::ReceiveTooOld {
+                source: Box::new(error),
+            }
+        }
+        _ => error,
+    }
 }
 
 /// A command line that cannot be split into arguments.
@@ -247,6 +264,26 @@ mod tests {
 
     fn check(text: &str, expected: &[&str]) {
         assert_eq!(split_command(text).unwrap(), expected, "{text:?}");
+    }
+
+    #[test]
+    fn an_old_receive_is_told_why_it_cannot_read_a_stream() {
+        let refused = |stderr: &str| PipelineError::Command {
+            role: "command",
+            command: vec!["btrfs".to_owned(), "receive".to_owned()],
+            status: "exited with status 1".to_owned(),
+            stderr: stderr.to_owned(),
+        };
+        let explained = explain_stream_version(refused(
+            "ERROR: stream version 2 not supported, please use newer version",
+        ));
+        let text = crate::error_chain(&explained);
+        assert!(
+            text.contains("btrfs-progs 5.19 or newer") && text.contains("stream version 2"),
+            "{text}"
+        );
+        let other = explain_stream_version(refused("ERROR: checksum mismatch"));
+        assert!(matches!(other, PipelineError::Command { .. }));
     }
 
     #[test]

@@ -203,3 +203,75 @@ fn sources_upload_side_by_side() {
         }
     }
 }
+
+/// A compressed source sent with protocol 2 travels compressed: a far smaller object than the
+/// protocol 1 stream of the same snapshot (another stream, to another remote), and it restores
+/// to the same files.
+#[test]
+fn compressed_extents_travel_compressed() {
+    let Some(env) = TestEnv::get("compressed_extents_travel_compressed") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "protocol2", &["moto", "garage"]);
+    support::run(
+        Command::new("btrfs")
+            .args(["property", "set"])
+            .arg(&fixture.source)
+            .args(["compression", "zstd"]),
+    );
+    let text: Vec<u8> = b"a line of text that compresses very well, again and again\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(16 << 20)
+        .collect();
+    fixture.write("text", &text);
+    let yaml = format!(
+        "timezone: UTC\nsources:\n  - path: {}\n    snapshots: {}\n    upload_to_remotes:\n      - id: moto\n        preserve: 1y\n      - id: garage\n        preserve: 1y\n        send_protocol: 2\n{}",
+        fixture.source.display(),
+        fixture.snapshots.display(),
+        fixture.remotes_yaml()
+    );
+    fixture.write_raw_config(&yaml);
+    let pretend = fixture.btrfs2s3(&["update", "--pretend"]);
+    let uploads: Vec<String> = actions(&stdout(&pretend))
+        .into_iter()
+        .filter(|line| line.starts_with("upload"))
+        .collect();
+    assert_eq!(uploads.len(), 2, "two formats, two streams: {uploads:?}");
+    assert!(
+        uploads
+            .iter()
+            .any(|line| line.contains("-> garage, full, send protocol 2")),
+        "{uploads:?}"
+    );
+    fixture.update(&[]);
+    let key = fixture.keys(1).pop().unwrap();
+    let v2 = fixture.download(1, &key).len();
+    let v1 = fixture.download(0, &fixture.keys(0)[0]).len();
+    assert!(
+        v1 > 16 << 20,
+        "protocol 1 carries the data decompressed: {v1}"
+    );
+    assert!(v2 < 2 << 20, "protocol 2 carries it compressed: {v2}");
+
+    let verify = fixture.btrfs2s3(&["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let dest = env
+        .btrfs_receive
+        .join(btrfs2s3_tests::unique_name("protocol2"));
+    std::fs::create_dir(&dest).unwrap();
+    let restored = Command::new(support::binary())
+        .arg("restore")
+        .arg(&fixture.config)
+        .args(["--remote", "garage", "--dest"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let name = &fixture.snapshot_names()[0];
+    assert!(
+        std::fs::read(dest.join(name).join("text")).unwrap() == text,
+        "the restored file is the original"
+    );
+}
