@@ -201,6 +201,14 @@ struct Terminal<'a> {
 progress::observe_through!(Terminal<'_>, progress);
 
 impl Ui for Terminal<'_> {
+    fn checksums_refused(&self, remote: &str) {
+        if self.verbose {
+            eprintln!(
+                "btrfs2s3: remote {remote} refused CRC-32C checksums: its uploads were signed with their SHA-256 instead (more CPU)"
+            );
+        }
+    }
+
     fn listed(&self, remote: &RemoteState) {
         if self.verbose {
             eprintln!(

@@ -844,7 +844,6 @@ impl Builder<'_> {
                 options: UploadOptions {
                     storage_class,
                     object_lock,
-                    checksum: None,
                 },
             },
             keep: summary,

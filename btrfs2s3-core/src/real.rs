@@ -229,6 +229,19 @@ impl RealWorld {
         Ok((world, assessment))
     }
 
+    /// The remotes whose server refused CRC-32C checksums in this run.
+    #[must_use]
+    pub fn checksum_refusals(&self) -> Vec<String> {
+        let mut refusing: Vec<String> = self
+            .remotes
+            .iter()
+            .filter(|(_, connected)| connected.client.refuses_checksums())
+            .map(|(id, _)| id.clone())
+            .collect();
+        refusing.sort();
+        refusing
+    }
+
     /// Makes every upload also draw from `limit` (shared by all remotes).
     pub fn limit_uploads(&mut self, limit: &crate::storage::BandwidthLimit) {
         for connected in self.remotes.values_mut() {

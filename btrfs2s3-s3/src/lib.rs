@@ -24,4 +24,4 @@ pub use remote::{
     ListedBackup, ListedObject, Listing, PendingUpload, Remote, RemoteConfig, Secret,
     UploadSettings, Verify,
 };
-pub use upload::{Checksum, LockMode, ObjectLock, StagedUpload, UploadOptions, part_size};
+pub use upload::{LockMode, ObjectLock, StagedUpload, UploadOptions, part_size};

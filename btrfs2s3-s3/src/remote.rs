@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
@@ -23,6 +24,7 @@ use crate::error::{
 };
 use crate::key::decode_key;
 use crate::rate::RateLimit;
+use crate::upload::Integrity;
 
 /// A secret string: never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -190,6 +192,11 @@ pub struct Remote {
     /// The bandwidth limits uploads draw from: this remote's own, and one shared with
     /// other remotes.
     pub(crate) limits: Vec<RateLimit>,
+    /// How many times a request whose bytes arrived damaged is sent.
+    pub(crate) max_attempts: u32,
+    /// What the server was found to take for upload integrity (shared by clones): unknown
+    /// until the first upload.
+    integrity: Arc<OnceLock<Integrity>>,
 }
 
 impl Remote {
@@ -285,7 +292,26 @@ impl Remote {
                 .map(RateLimit::new)
                 .into_iter()
                 .collect(),
+            max_attempts: config.max_attempts.max(1),
+            integrity: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// How uploads are guarded, once the first one found out.
+    pub(crate) fn integrity(&self) -> Option<Integrity> {
+        self.integrity.get().copied()
+    }
+
+    /// Remembers how uploads are guarded (the first answer stays).
+    pub(crate) fn learn_integrity(&self, integrity: Integrity) {
+        let _ = self.integrity.set(integrity);
+    }
+
+    /// Whether this server refused CRC-32C checksums (or unsigned payloads), so uploads to it
+    /// are signed with their SHA-256 instead.
+    #[must_use]
+    pub fn refuses_checksums(&self) -> bool {
+        self.integrity() == Some(Integrity::Signed)
     }
 
     /// This remote with uploads that also draw from `limit` (shared with other remotes).

@@ -60,31 +60,6 @@ impl std::fmt::Display for LockMode {
     }
 }
 
-/// An additional checksum the server verifies and stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Checksum {
-    /// CRC-32.
-    Crc32,
-    /// CRC-32C.
-    Crc32c,
-    /// SHA-1.
-    Sha1,
-    /// SHA-256.
-    Sha256,
-}
-
-impl Checksum {
-    fn algorithm(self) -> ChecksumAlgorithm {
-        match self {
-            Checksum::Crc32 => ChecksumAlgorithm::Crc32,
-            Checksum::Crc32c => ChecksumAlgorithm::Crc32C,
-            Checksum::Sha1 => ChecksumAlgorithm::Sha1,
-            Checksum::Sha256 => ChecksumAlgorithm::Sha256,
-        }
-    }
-}
-
 /// Per-object options of an upload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UploadOptions {
@@ -93,17 +68,55 @@ pub struct UploadOptions {
     pub storage_class: Option<String>,
     /// An object-lock retention (the bucket must have object lock enabled).
     pub object_lock: Option<ObjectLock>,
-    /// An additional checksum. S3 needs one with object lock, so CRC-32 is used then if none
-    /// is given.
-    pub checksum: Option<Checksum>,
 }
 
-impl UploadOptions {
-    fn effective_checksum(&self) -> Option<ChecksumAlgorithm> {
-        self.checksum
-            .or(self.object_lock.map(|_| Checksum::Crc32))
-            .map(Checksum::algorithm)
-    }
+/// How the bytes of an upload are guarded on their way to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Integrity {
+    /// A CRC-32C of every part (or object), computed here on the buffered bytes and checked
+    /// by the server, and an unsigned payload: cheap, and a corrupted part is refused.
+    Crc32c,
+    /// What servers without checksum support take: the payload signed with its SHA-256 over
+    /// plain HTTP (unsigned over HTTPS), and the SDK's CRC-32 where object lock needs one.
+    Signed,
+}
+
+/// The CRC-32C of `bytes`, as the `x-amz-checksum-crc32c` header carries it (base64 of the
+/// big-endian value).
+fn crc32c(bytes: &[u8]) -> String {
+    let mut checksum = aws_smithy_checksums::ChecksumAlgorithm::Crc32c.into_impl();
+    checksum.update(bytes);
+    aws_smithy_types::base64::encode(checksum.finalize())
+}
+
+/// Whether a server refused a request because of its checksum header or unsigned payload
+/// (rather than because the bytes were wrong): then it gets the signed kind instead.
+fn refuses_checksums(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Request { source, .. }
+            if source.failure() == crate::Failure::Service
+                && source.code().is_some_and(|code| {
+                    matches!(
+                        code,
+                        "NotImplemented"
+                            | "InvalidRequest"
+                            | "InvalidArgument"
+                            | "XAmzContentSHA256Mismatch"
+                            | "MissingContentLength"
+                    )
+                })
+    )
+}
+
+/// Whether the server found the bytes of a request other than its checksum says: they were
+/// damaged on the way, and sending them again may work.
+fn damaged_on_the_way(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Request { source, .. }
+            if source.code().is_some_and(|code| matches!(code, "BadDigest" | "InvalidDigest"))
+    )
 }
 
 /// The size of part `index` (0-based): `base`, doubled every `step` parts, at most 5 GiB.
@@ -162,32 +175,7 @@ impl StagedUpload {
             staged,
         } = self;
         match staged {
-            Staged::Single(body) => {
-                let counter = AttemptCounter::default();
-                let mut request = remote
-                    .client
-                    .put_object()
-                    .bucket(&remote.bucket)
-                    .key(&key)
-                    .body(ByteStream::from(body))
-                    .set_storage_class(options.storage_class.as_deref().map(StorageClass::from))
-                    .set_checksum_algorithm(options.effective_checksum());
-                if let Some(lock) = options.object_lock {
-                    request = request
-                        .object_lock_mode(lock_mode(lock.mode))
-                        .object_lock_retain_until_date(date_time(lock.retain_until));
-                }
-                let request = request.customize().interceptor(counter.clone());
-                let request = if remote.unsigned_payload {
-                    request.disable_payload_signing()
-                } else {
-                    request
-                };
-                request
-                    .send()
-                    .await
-                    .map_err(|e| remote.request_error("upload", Some(&key), &counter, &e))?;
-            }
+            Staged::Single(body) => remote.put_single(&key, body, &options).await?,
             Staged::Multipart { guard, parts } => {
                 let counter = AttemptCounter::default();
                 let result = remote
@@ -269,17 +257,9 @@ impl Remote {
         if second.is_empty() {
             return Ok(staged(Staged::Single(first), total));
         }
-        let guard = self.create_multipart_upload(key, options).await?;
+        let (guard, start) = self.start_multipart(key, options, first, second).await?;
         match self
-            .upload_parts(
-                key,
-                reader,
-                options,
-                &guard,
-                [first, second],
-                &mut total,
-                progress,
-            )
+            .upload_parts(key, reader, &guard, start, &mut total, progress)
             .await
         {
             Ok(parts) => Ok(staged(Staged::Multipart { guard, parts }, total)),
@@ -383,10 +363,149 @@ impl Remote {
         Ok(buffer.freeze())
     }
 
+    /// Puts a small object in one request, with a CRC-32C unless this server refused one.
+    async fn put_single(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &UploadOptions,
+    ) -> Result<(), Error> {
+        if self.integrity() != Some(Integrity::Signed) {
+            match self
+                .put_object(key, &body, options, Integrity::Crc32c)
+                .await
+            {
+                Ok(()) => {
+                    self.learn_integrity(Integrity::Crc32c);
+                    return Ok(());
+                }
+                Err(error) if self.integrity().is_none() && refuses_checksums(&error) => {
+                    self.learn_integrity(Integrity::Signed);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.put_object(key, &body, options, Integrity::Signed)
+            .await
+    }
+
+    /// One `PutObject`, sent again while the server finds its bytes damaged.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: &Bytes,
+        options: &UploadOptions,
+        integrity: Integrity,
+    ) -> Result<(), Error> {
+        let mut attempt = 1;
+        loop {
+            let counter = AttemptCounter::default();
+            let mut request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(ByteStream::from(body.clone()))
+                .set_storage_class(options.storage_class.as_deref().map(StorageClass::from));
+            request = match integrity {
+                // The algorithm too: servers want it with object lock; with the value given,
+                // the SDK computes nothing itself.
+                Integrity::Crc32c => request
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .checksum_crc32_c(crc32c(body)),
+                Integrity::Signed => request.set_checksum_algorithm(signed_checksum(options)),
+            };
+            if let Some(lock) = options.object_lock {
+                request = request
+                    .object_lock_mode(lock_mode(lock.mode))
+                    .object_lock_retain_until_date(date_time(lock.retain_until));
+            }
+            let request = request.customize().interceptor(counter.clone());
+            let request = if self.unsigned(integrity) {
+                request.disable_payload_signing()
+            } else {
+                request
+            };
+            match request.send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let error = self.request_error("upload", Some(key), &counter, &e);
+                    if !(damaged_on_the_way(&error) && attempt < self.max_attempts) {
+                        return Err(error);
+                    }
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Starts a multipart upload with the first two parts read. Until this server is known
+    /// to take CRC-32C checksums, the first part goes alone and decides: if the server refuses
+    /// it, that upload is aborted and another starts the signed way.
+    async fn start_multipart(
+        &self,
+        key: &str,
+        options: &UploadOptions,
+        first: Bytes,
+        second: Bytes,
+    ) -> Result<(AbortGuard, PartsStart), Error> {
+        let known = self.integrity();
+        if known != Some(Integrity::Signed) {
+            let guard = self
+                .create_multipart_upload(key, options, Integrity::Crc32c)
+                .await;
+            let guard = match guard {
+                Err(error) if known.is_none() && refuses_checksums(&error) => None,
+                guard => Some(guard?),
+            };
+            if let Some(guard) = guard {
+                if known == Some(Integrity::Crc32c) {
+                    return Ok((guard, PartsStart::new(Integrity::Crc32c, first, second)));
+                }
+                let part = self
+                    .clone()
+                    .upload_part(
+                        key.to_owned(),
+                        guard.upload_id().to_owned(),
+                        1,
+                        first.clone(),
+                        Integrity::Crc32c,
+                    )
+                    .await;
+                match part {
+                    Ok(part) => {
+                        self.learn_integrity(Integrity::Crc32c);
+                        let start = PartsStart {
+                            integrity: Integrity::Crc32c,
+                            index: 1,
+                            next: Some(second),
+                            queued: None,
+                            completed: vec![part],
+                        };
+                        return Ok((guard, start));
+                    }
+                    Err(error) if refuses_checksums(&error) => {
+                        let _ = guard.abort().await;
+                    }
+                    Err(error) => {
+                        let _ = guard.abort().await;
+                        return Err(error);
+                    }
+                }
+            }
+            self.learn_integrity(Integrity::Signed);
+        }
+        let guard = self
+            .create_multipart_upload(key, options, Integrity::Signed)
+            .await?;
+        Ok((guard, PartsStart::new(Integrity::Signed, first, second)))
+    }
+
     async fn create_multipart_upload(
         &self,
         key: &str,
         options: &UploadOptions,
+        integrity: Integrity,
     ) -> Result<AbortGuard, Error> {
         let counter = AttemptCounter::default();
         let mut request = self
@@ -395,7 +514,10 @@ impl Remote {
             .bucket(&self.bucket)
             .key(key)
             .set_storage_class(options.storage_class.as_deref().map(StorageClass::from))
-            .set_checksum_algorithm(options.effective_checksum());
+            .set_checksum_algorithm(match integrity {
+                Integrity::Crc32c => Some(ChecksumAlgorithm::Crc32C),
+                Integrity::Signed => signed_checksum(options),
+            });
         if let Some(lock) = options.object_lock {
             request = request
                 .object_lock_mode(lock_mode(lock.mode))
@@ -420,26 +542,26 @@ impl Remote {
         })
     }
 
-    /// Uploads the two parts already read and the rest of the stream, at most
-    /// `parts_in_flight` at once. Returns the completed parts in order.
-    #[allow(clippy::too_many_arguments)] // private helper; the arguments are the upload's state
+    /// Uploads the parts already read and the rest of the stream, at most `parts_in_flight`
+    /// at once. Returns the completed parts in order.
     async fn upload_parts<R: AsyncRead + Unpin>(
         &self,
         key: &str,
         reader: &mut R,
-        options: &UploadOptions,
         guard: &AbortGuard,
-        first_parts: [Bytes; 2],
+        start: PartsStart,
         total: &mut u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<CompletedPart>, Error> {
+        let PartsStart {
+            integrity,
+            mut index,
+            mut next,
+            mut queued,
+            mut completed,
+        } = start;
         let mut tasks: JoinSet<Result<CompletedPart, Error>> = JoinSet::new();
-        let mut completed = Vec::new();
-        let mut index = 0usize;
         let mut at_end = false;
-        let [first, second] = first_parts;
-        let mut next = Some(first);
-        let mut queued = Some(second);
         loop {
             let Some(part) = next.take() else { break };
             // A part shorter than its size is the last one.
@@ -453,7 +575,7 @@ impl Remote {
                 guard.upload_id().to_owned(),
                 part_number,
                 part,
-                options.effective_checksum(),
+                integrity,
             ));
             index += 1;
             next = match queued.take() {
@@ -521,44 +643,87 @@ impl Remote {
         }
     }
 
+    /// Uploads one part, sent again while the server finds its bytes damaged.
     async fn upload_part(
         self,
         key: String,
         upload_id: String,
         part_number: i32,
         body: Bytes,
-        checksum: Option<ChecksumAlgorithm>,
+        integrity: Integrity,
     ) -> Result<CompletedPart, Error> {
-        let counter = AttemptCounter::default();
-        let request = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&key)
-            .upload_id(upload_id)
-            .part_number(part_number)
-            .body(ByteStream::from(body))
-            .set_checksum_algorithm(checksum)
-            .customize()
-            .interceptor(counter.clone());
-        let request = if self.unsigned_payload {
-            request.disable_payload_signing()
-        } else {
-            request
-        };
-        let output = request
-            .send()
-            .await
-            .map_err(|e| self.request_error("upload a part", Some(&key), &counter, &e))?;
-        Ok(CompletedPart::builder()
-            .part_number(part_number)
-            .set_e_tag(output.e_tag().map(str::to_owned))
-            .set_checksum_crc32(output.checksum_crc32().map(str::to_owned))
-            .set_checksum_crc32_c(output.checksum_crc32_c().map(str::to_owned))
-            .set_checksum_sha1(output.checksum_sha1().map(str::to_owned))
-            .set_checksum_sha256(output.checksum_sha256().map(str::to_owned))
-            .build())
+        let checksum = (integrity == Integrity::Crc32c).then(|| crc32c(&body));
+        let mut attempt = 1;
+        loop {
+            let counter = AttemptCounter::default();
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(part_number)
+                .body(ByteStream::from(body.clone()))
+                .set_checksum_algorithm(checksum.as_ref().map(|_| ChecksumAlgorithm::Crc32C))
+                .set_checksum_crc32_c(checksum.clone())
+                .customize()
+                .interceptor(counter.clone());
+            let request = if self.unsigned(integrity) {
+                request.disable_payload_signing()
+            } else {
+                request
+            };
+            let error = match request.send().await {
+                Ok(output) => {
+                    return Ok(CompletedPart::builder()
+                        .part_number(part_number)
+                        .set_e_tag(output.e_tag().map(str::to_owned))
+                        .set_checksum_crc32_c(
+                            checksum.or_else(|| output.checksum_crc32_c().map(str::to_owned)),
+                        )
+                        .set_checksum_crc32(output.checksum_crc32().map(str::to_owned))
+                        .build());
+                }
+                Err(e) => self.request_error("upload a part", Some(&key), &counter, &e),
+            };
+            if !(damaged_on_the_way(&error) && attempt < self.max_attempts) {
+                return Err(error);
+            }
+            attempt += 1;
+        }
     }
+
+    /// Whether a request's payload goes unsigned: with a CRC-32C, or over HTTPS.
+    fn unsigned(&self, integrity: Integrity) -> bool {
+        integrity == Integrity::Crc32c || self.unsigned_payload
+    }
+}
+
+/// The parts a multipart upload starts with: those already uploaded, the next ones read.
+struct PartsStart {
+    integrity: Integrity,
+    /// The index of `next`.
+    index: usize,
+    next: Option<Bytes>,
+    queued: Option<Bytes>,
+    completed: Vec<CompletedPart>,
+}
+
+impl PartsStart {
+    fn new(integrity: Integrity, first: Bytes, second: Bytes) -> PartsStart {
+        PartsStart {
+            integrity,
+            index: 0,
+            next: Some(first),
+            queued: Some(second),
+            completed: Vec::new(),
+        }
+    }
+}
+
+/// The checksum the SDK adds to a signed upload: CRC-32 where object lock needs one.
+fn signed_checksum(options: &UploadOptions) -> Option<ChecksumAlgorithm> {
+    options.object_lock.map(|_| ChecksumAlgorithm::Crc32)
 }
 
 fn lock_mode(mode: LockMode) -> ObjectLockMode {

@@ -30,6 +30,9 @@ pub enum Fault {
     /// Let the server handle the request, and answer with this `Date` header instead of
     /// its own (a server whose clock is off).
     Date(&'static str),
+    /// Flip a byte in the middle of the request body on its way to the server (bytes
+    /// damaged in transit); the server's answer is logged as `flipped: <status line>`.
+    FlipBody,
 }
 
 /// Which requests a rule applies to.
@@ -386,6 +389,12 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> i
         return Ok(());
     }
 
+    let mut body = body;
+    if fault == Some(Fault::FlipBody)
+        && let Some(byte) = body.get_mut(head.content_length / 2)
+    {
+        *byte ^= 0x55;
+    }
     let mut server = TcpStream::connect(upstream).await?;
     server.write_all(&head.for_upstream()).await?;
     server.write_all(&body).await?;
@@ -400,6 +409,12 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> i
         Some(Fault::Date(date)) => {
             record(state, &method, &target, &format!("date {date}"));
             client.write_all(&with_date(&response, date)).await?;
+            client.shutdown().await?;
+        }
+        Some(Fault::FlipBody) => {
+            let status = String::from_utf8_lossy(&response[..response.len().min(12)]).into_owned();
+            record(state, &method, &target, &format!("flipped: {status}"));
+            client.write_all(&response).await?;
             client.shutdown().await?;
         }
         Some(Fault::TruncateBody) => {

@@ -127,6 +127,70 @@ fn transient_faults_are_retried() {
     }
 }
 
+/// A part whose bytes are damaged on the way is refused by a server that checks its CRC-32C
+/// and sent again: the backup is whole. moto checks no checksum (and no signed payload
+/// either): it stores the damaged part, and `verify` finds the damage.
+#[test]
+fn a_damaged_part_is_refused_and_sent_again() {
+    let Some(env) = TestEnv::get("a_damaged_part_is_refused_and_sent_again") else {
+        return;
+    };
+    for server in &env.s3 {
+        let name = &server.name;
+        let checks = name != "moto";
+        let fixture = Fixture::new(env, "damaged", &[name.as_str()]);
+        let proxy = FaultProxy::start(&fixture.remotes[0].1.endpoint);
+        fixture.write_config_through(
+            &proxy.endpoint(),
+            "1y",
+            "      part_size_mib: 5\n      max_attempts: 3\n",
+        );
+        let data: Vec<u8> = (0..12u32 << 20)
+            .map(|n| n.wrapping_mul(2_654_435_761).to_le_bytes()[2])
+            .collect();
+        fixture.write("data", &data);
+        proxy.add(Match::upload_part(), Fault::FlipBody, 1);
+        let output = fixture.btrfs2s3(&["update", "--force"]);
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        let answer = if checks { "400" } else { "200" };
+        let log = proxy.log();
+        assert!(
+            log.iter()
+                .any(|line| line.contains(&format!("flipped: HTTP/1.1 {answer}"))),
+            "{name}: the server answered {answer} to the damaged part: {log:?}"
+        );
+        let verify = fixture.btrfs2s3(&["verify"]);
+        assert_eq!(
+            verify.status.success(),
+            checks,
+            "{name}: the backup is whole where the server checks: {}",
+            stdout(&verify)
+        );
+    }
+}
+
+/// A server that refuses CRC-32C checksums gets signed uploads, and `-v` says so.
+#[test]
+fn a_server_that_refuses_checksums_gets_signed_uploads() {
+    let Some(env) = TestEnv::get("a_server_that_refuses_checksums_gets_signed_uploads") else {
+        return;
+    };
+    let (fixture, proxy) = behind_proxy(env, "nochecksums");
+    proxy.add(
+        Match::upload_part(),
+        Fault::Status(400, "NotImplemented"),
+        1,
+    );
+    let output = fixture.btrfs2s3(&["-v", "update", "--force"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("remote moto refused CRC-32C checksums"),
+        "{}",
+        stderr(&output)
+    );
+    assert_repairable(&fixture, &proxy, "refused checksums");
+}
+
 /// Faults that last: the run fails within bounds, naming the operation and the key, and
 /// leaves nothing half-done.
 #[test]

@@ -76,6 +76,8 @@ pub enum Choice {
 pub trait Ui: Observer {
     /// A remote was listed (before the plan is made).
     fn listed(&self, _remote: &RemoteState) {}
+    /// A remote's server refused CRC-32C checksums: its uploads were signed instead.
+    fn checksums_refused(&self, _remote: &str) {}
     /// The plan is made: shown before anything is done. An error stops the run, so that
     /// nothing is done that was not shown.
     fn show_plan(&self, plan: &Plan) -> io::Result<()>;
@@ -437,6 +439,9 @@ async fn run_update(
         world.limit_uploads(limit);
     }
     let report = cycle(&mut world, assessment, options, ui, cancel).await;
+    for remote in world.checksum_refusals() {
+        ui.checksums_refused(&remote);
+    }
     if let Some(cache) = cache {
         world.teach(cache);
         if let Some(outcome) = report.outcome() {
