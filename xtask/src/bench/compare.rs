@@ -599,7 +599,7 @@ impl Bench {
 /// A Garage server of its own, stopped when the returned environment drops, holding its
 /// data in a tmpfs of `bytes`: the server's disk is not what is measured, and its
 /// background writeback would add noise to the next measurement.
-fn fresh_garage(bytes: u64) -> Result<(TestEnv, S3Endpoint)> {
+pub(super) fn fresh_garage(bytes: u64) -> Result<(TestEnv, S3Endpoint)> {
     let mut env = TestEnv::empty()?;
     let root = env.add_tmpfs("garage", bytes)?;
     let garage = env.add_garage_in(&root)?;

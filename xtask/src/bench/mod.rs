@@ -5,6 +5,8 @@
 //!   btrfs2s3 against the Python tool btrfs2s3 2.1.0, `btrfs send` into /dev/null and a plain
 //!   upload of the same bytes (see `compare`).
 //! - `cargo xtask bench upload`: the upload path alone against a plain `PutObject`.
+//! - `cargo xtask bench scale`: two remotes against one, parallel sources, bandwidth limits,
+//!   send protocol 2 (see `scale`).
 //!
 //! Tables go to standard output, the same figures as JSON under `target/bench/`.
 
@@ -18,6 +20,7 @@
 
 mod compare;
 mod measure;
+mod scale;
 mod upload;
 
 use std::io::Write as _;
@@ -26,10 +29,11 @@ use std::path::{Path, PathBuf};
 use crate::{Result, cmd};
 
 const USAGE: &str = "\
-usage: cargo xtask bench [upload] [--size-mib N] [--runs N] [--objects N] [--snapshots N]
+usage: cargo xtask bench [upload|scale] [--size-mib N] [--runs N] [--objects N] [--snapshots N]
 
   (no name)   full and differential backups, planning and start-up against the Python tool
   upload      the upload path alone against a plain PutObject
+  scale       two remotes against one, parallel sources, --rate-limit, send protocol 2
 
   --size-mib N    data in the source, or uploaded (default 1024)
   --runs N        measured runs of everything (default 3; start-up runs 10 times as many)
@@ -79,6 +83,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match what.as_deref() {
         None => compare::run(&options),
         Some("upload") => upload::run(options.size_mib, options.runs),
+        Some("scale") => scale::run(&options),
         Some(other) => Err(format!("unknown benchmark {other}\n{USAGE}").into()),
     }
 }
