@@ -462,16 +462,20 @@ impl Remote {
                 if known == Some(Integrity::Crc32c) {
                     return Ok((guard, PartsStart::new(Integrity::Crc32c, first, second)));
                 }
-                let part = self
-                    .clone()
-                    .upload_part(
-                        key.to_owned(),
-                        guard.upload_id().to_owned(),
-                        1,
-                        first.clone(),
-                        Integrity::Crc32c,
-                    )
-                    .await;
+                let probe = self.clone().upload_part(
+                    key.to_owned(),
+                    guard.upload_id().to_owned(),
+                    1,
+                    first.clone(),
+                    Integrity::Crc32c,
+                );
+                let part = tokio::select! {
+                    part = probe => part,
+                    () = self.cancel.cancelled() => {
+                        let _ = guard.abort().await;
+                        return Err(self.cancelled(key));
+                    }
+                };
                 match part {
                     Ok(part) => {
                         self.learn_integrity(Integrity::Crc32c);
