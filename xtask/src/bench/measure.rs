@@ -27,6 +27,9 @@ pub struct Sample {
     /// The largest growth of the bytes used in the temporary directory (a tmpfs given to the
     /// command as `TMPDIR`), sampled every 10 ms.
     pub temp_bytes: u64,
+    /// CPU seconds the whole machine spent busy meanwhile (`/proc/stat`: the command, the
+    /// servers it talks to, everything): how close to its limit the machine ran.
+    pub machine_cpu: f64,
 }
 
 /// Runs `command` (its standard output and error go to `log`), feeding `input` to its
@@ -39,6 +42,7 @@ pub fn measure(command: &mut Command, temp: &Path, input: &[u8], log: &Path) -> 
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
     let temp_before = used_bytes(temp)?;
+    let machine_before = machine_busy_seconds();
     let before = getrusage(UsageWho::RUSAGE_CHILDREN)?;
     let started = Instant::now();
     let mut child = command
@@ -61,6 +65,7 @@ pub fn measure(command: &mut Command, temp: &Path, input: &[u8], log: &Path) -> 
     let status = child.wait()?;
     drop(stdin);
     let wall = started.elapsed().as_secs_f64();
+    let machine_cpu = machine_busy_seconds() - machine_before;
     stop.store(true, Ordering::Relaxed);
     let (peak_rss, temp_peak) = sampler.join().map_err(|_| "the sampler panicked")?;
     let after = getrusage(UsageWho::RUSAGE_CHILDREN)?;
@@ -74,7 +79,30 @@ pub fn measure(command: &mut Command, temp: &Path, input: &[u8], log: &Path) -> 
         cpu,
         peak_rss,
         temp_bytes: temp_peak.saturating_sub(temp_before),
+        machine_cpu,
     })
+}
+
+/// The CPU seconds the machine has spent busy since boot: every CPU's user, nice, system,
+/// irq, softirq and steal time from the first line of `/proc/stat` (in 1/100 s).
+fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq steal ...
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    busy / 100.0
 }
 
 fn check(status: ExitStatus, command: &Command, log: &Path) -> Result<()> {

@@ -275,6 +275,14 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
     )?;
     let walls = |measured: &[Measured]| measured.iter().map(|m| m.sample.wall).collect::<Vec<_>>();
     let protocol_wall = ratio(&walls(&figures.protocol2), &walls(&figures.protocol1))?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    let busy = |samples: &[Sample]| -> Result<f64> {
+        let values: Vec<f64> = samples
+            .iter()
+            .map(|s| s.machine_cpu / (s.wall * cores))
+            .collect();
+        Ok(median(&values)?.median)
+    };
     let mib = options.size_mib;
     println!(
         "scale, {mib} MiB, {} runs (medians; ratios of medians)",
@@ -288,6 +296,13 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
         mib / 2
     );
     println!(
+        "  the machine's CPUs were busy: one remote {:.0}%, two {:.0}%, one at a time {:.0}%, side by side {:.0}%",
+        100.0 * busy(&figures.one_remote)?,
+        100.0 * busy(&figures.two_remotes)?,
+        100.0 * busy(&figures.sequential)?,
+        100.0 * busy(&figures.parallel)?
+    );
+    println!(
         "  {RATE_MIB} MiB at --rate-limit {RATE_LIMIT_MIB}MiB/s: achieved {:.3}x the limit ({:.3}-{:.3}; goal within 5%)",
         rate.median, rate.min, rate.max
     );
@@ -299,6 +314,12 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
         "runs": options.runs,
         "two_remotes_over_one": { "wall": two_wall, "cpu": two_cpu },
         "sequential_over_parallel_wall": speedup,
+        "machine_busy": {
+            "one_remote": busy(&figures.one_remote)?,
+            "two_remotes": busy(&figures.two_remotes)?,
+            "sequential": busy(&figures.sequential)?,
+            "parallel": busy(&figures.parallel)?,
+        },
         "rate_achieved_over_limit": rate.to_json(),
         "protocol2_over_1": { "bytes": bytes_ratio, "wall": protocol_wall },
         "walls": {
