@@ -240,13 +240,7 @@ fn write_actions(
             .iter()
             .filter(|action| matches!(action, Action::Upload(_)))
             .collect();
-        let specs: Vec<&btrfs2s3_core::plan::UploadSpec> = uploads
-            .iter()
-            .filter_map(|action| match action {
-                Action::Upload(upload) => Some(&upload.spec),
-                _ => None,
-            })
-            .collect();
+        let specs = upload_specs(&uploads);
         let mut streams: BTreeMap<usize, Vec<&Action>> = BTreeMap::new();
         for members in btrfs2s3_core::execute::shared_streams(&specs) {
             let first = members[0];
@@ -423,17 +417,22 @@ pub fn describe_action(action: &Action, ids: &ShortIds, verbose: bool) -> String
     }
 }
 
-/// What one stream of uploads does: `upload   1715609f -> aws, b2, full` (the uploads share
-/// snapshot, send parent and commands; only their remotes and keys differ).
-#[must_use]
-pub fn describe_stream(uploads: &[&Action], ids: &ShortIds, verbose: bool) -> String {
-    let specs: Vec<&btrfs2s3_core::plan::UploadSpec> = uploads
+/// The specs of the uploads among `actions`.
+fn upload_specs<'a>(actions: &[&'a Action]) -> Vec<&'a btrfs2s3_core::plan::UploadSpec> {
+    actions
         .iter()
         .filter_map(|action| match action {
             Action::Upload(upload) => Some(&upload.spec),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// What one stream of uploads does: `upload   1715609f -> aws, b2, full` (the uploads share
+/// snapshot, send parent and commands; only their remotes and keys differ).
+#[must_use]
+pub fn describe_stream(uploads: &[&Action], ids: &ShortIds, verbose: bool) -> String {
+    let specs = upload_specs(uploads);
     let Some(first) = specs.first() else {
         return String::new();
     };

@@ -159,12 +159,7 @@ fn sources_upload_side_by_side() {
         return;
     };
     let fixture = Fixture::new(env, "parallel", &["garage"]);
-    let second = fixture.dir.join("second");
-    support::run(
-        Command::new("btrfs")
-            .args(["subvolume", "create"])
-            .arg(&second),
-    );
+    let second = fixture.subvolume("second");
     std::fs::write(second.join("data"), data()).unwrap();
     fixture.write("data", &data());
     for parallel in [2, 1] {

@@ -215,10 +215,7 @@ fn two_sources_and_two_remotes_list_each_remote_once() {
         return;
     };
     let fixture = Fixture::new(env, "two", &["moto", "garage"]);
-    let second = fixture.dir.join("second");
-    run(Command::new("btrfs")
-        .args(["subvolume", "create"])
-        .arg(&second));
+    let second = fixture.subvolume("second");
     std::fs::write(second.join("f"), "second source").unwrap();
     fixture.write("f", b"first source");
     let yaml = format!(

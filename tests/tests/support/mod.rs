@@ -226,6 +226,15 @@ impl Fixture {
         );
     }
 
+    /// Creates another subvolume `name` in the fixture's directory (a second source).
+    pub fn subvolume(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        run(Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(&path));
+        path
+    }
+
     /// Writes a file into the source and commits it.
     pub fn write(&self, name: &str, contents: &[u8]) {
         std::fs::write(self.source.join(name), contents).unwrap();
