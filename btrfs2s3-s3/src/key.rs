@@ -89,8 +89,15 @@ impl BackupMeta {
     /// ```
     #[must_use]
     pub fn key_suffix(&self, tz: &TimeZone) -> String {
+        self.piece_suffix(tz, 0)
+    }
+
+    /// The key suffix of piece `piece` of a backup stored as several objects (`seqn<piece>`;
+    /// piece 0 is the one [`BackupMeta::key_suffix`] names).
+    #[must_use]
+    pub fn piece_suffix(&self, tz: &TimeZone, piece: u32) -> String {
         format!(
-            ".ctim{}.ctid{}.uuid{}.sndp{}.prnt{}.mdvn{METADATA_VERSION}.seqn0",
+            ".ctim{}.ctid{}.uuid{}.sndp{}.prnt{}.mdvn{METADATA_VERSION}.seqn{piece}",
             format_ctime(self.ctime, tz),
             self.ctransid,
             self.uuid.hyphenated(),
@@ -120,8 +127,35 @@ impl BackupMeta {
         name.split('.').next().unwrap_or(name)
     }
 
-    /// Parses a key (or a path: only its last `/`-separated component counts).
+    /// Parses a key (or a path: only its last `/`-separated component counts). Only the
+    /// first piece of a backup (`seqn0`) is a backup key, as for the Python tool.
     pub fn parse_key(key: &str) -> Result<BackupMeta, KeyError> {
+        match BackupMeta::parse_piece(key)? {
+            (meta, 0) => Ok(meta),
+            _ => Err(KeyError::UnsupportedSequence),
+        }
+    }
+
+    /// Parses the key of any piece of a backup: its metadata and its piece number (`seqn`).
+    ///
+    /// ```
+    /// use btrfs2s3_s3::BackupMeta;
+    /// use jiff::tz::TimeZone;
+    /// use uuid::Uuid;
+    ///
+    /// let meta = BackupMeta {
+    ///     uuid: Uuid::from_u128(1),
+    ///     parent_uuid: Uuid::from_u128(2),
+    ///     send_parent_uuid: None,
+    ///     ctransid: 81234,
+    ///     ctime: "2026-03-08T09:00:00Z".parse()?,
+    /// };
+    /// let key = format!("home{}", meta.piece_suffix(&TimeZone::UTC, 3));
+    /// assert_eq!(BackupMeta::parse_piece(&key)?, (meta, 3));
+    /// assert!(BackupMeta::parse_key(&key).is_err(), "not the first piece");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn parse_piece(key: &str) -> Result<(BackupMeta, u32), KeyError> {
         let mut uuid = None;
         let mut parent_uuid = None;
         let mut send_parent_uuid = None;
@@ -161,18 +195,21 @@ impl BackupMeta {
             Some(METADATA_VERSION) => {}
             Some(_) => return Err(KeyError::UnsupportedVersion),
         }
-        if sequence != Some(0) {
-            return Err(KeyError::UnsupportedSequence);
-        }
+        let piece = sequence
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or(KeyError::UnsupportedSequence)?;
         match (uuid, parent_uuid, ctransid, ctime, send_parent_uuid) {
             (Some(uuid), Some(parent_uuid), Some(ctransid), Some(ctime), Some(send_parent)) => {
-                Ok(BackupMeta {
-                    uuid,
-                    parent_uuid,
-                    send_parent_uuid: (!send_parent.is_nil()).then_some(send_parent),
-                    ctransid,
-                    ctime,
-                })
+                Ok((
+                    BackupMeta {
+                        uuid,
+                        parent_uuid,
+                        send_parent_uuid: (!send_parent.is_nil()).then_some(send_parent),
+                        ctransid,
+                        ctime,
+                    },
+                    piece,
+                ))
             }
             _ => Err(KeyError::Incomplete),
         }
@@ -683,6 +720,29 @@ mod tests {
                 ctime: Timestamp::from_second(ctime).unwrap(),
             };
             prop_assert_eq!(BackupMeta::parse_key(&meta.key(&base, &tz)), Ok(meta));
+        }
+
+        #[test]
+        fn pieces_encode_and_parse_and_only_the_first_is_a_backup_key(
+            uuid in arb_uuid(),
+            parent_uuid in arb_uuid(),
+            ctransid in any::<i64>(),
+            ctime in 0i64..4_102_444_800,
+            piece in any::<u32>(),
+        ) {
+            let meta = BackupMeta {
+                uuid,
+                parent_uuid,
+                send_parent_uuid: None,
+                ctransid,
+                ctime: Timestamp::from_second(ctime).unwrap(),
+            };
+            let key = format!("home{}", meta.piece_suffix(&TimeZone::UTC, piece));
+            prop_assert_eq!(BackupMeta::parse_piece(&key), Ok((meta, piece)));
+            prop_assert_eq!(
+                BackupMeta::parse_key(&key),
+                if piece == 0 { Ok(meta) } else { Err(KeyError::UnsupportedSequence) }
+            );
         }
 
         #[test]
