@@ -124,6 +124,8 @@ fn world(zone: &str, policies: [&str; 3]) -> FakeWorld {
     );
     world.add_source("media", 2, &[(REMOTES[1], policies[2])]);
     world.locks.insert(REMOTES[1].to_owned(), LOCK);
+    // Upload streams interleave (two at a time, as `parallel_uploads` defaults to).
+    world.yields_per_stream = 2;
     world
 }
 
