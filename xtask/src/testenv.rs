@@ -266,7 +266,11 @@ impl TestEnv {
                         ]
                     })
             })
-            .collect();
+            .collect::<Vec<PathBuf>>();
+        // Sockets a killed server left on these (now free) ports would be in the way.
+        for stale in &leftovers {
+            let _ = std::fs::remove_file(stale);
+        }
         self.spawn_leaving(
             "seaweedfs",
             Command::new(&weed)
@@ -333,7 +337,22 @@ impl TestEnv {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("{address} is not healthy after 60 s").into());
+                // The end of the server's own log says why.
+                let tail = self
+                    .servers
+                    .last()
+                    .map(|server| {
+                        let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+                        let lines: Vec<&str> = text.lines().rev().take(10).collect();
+                        let lines: Vec<&str> = lines.into_iter().rev().collect();
+                        format!(
+                            "\nthe end of {}:\n{}",
+                            server.log.display(),
+                            lines.join("\n")
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(format!("{address} is not healthy after 60 s{tail}").into());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
