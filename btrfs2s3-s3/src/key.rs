@@ -403,6 +403,10 @@ fn all_digits(text: &str, len: std::ops::RangeInclusive<usize>) -> Option<i32> {
 }
 
 fn parse_date(text: &str) -> Option<jiff::civil::Date> {
+    // Digits and dashes only; the byte slicing below needs ASCII.
+    if !text.is_ascii() {
+        return None;
+    }
     let parts: Vec<&str> = text.split('-').collect();
     let (year, month, day) = match parts.as_slice() {
         [year, month, day] => (
@@ -498,6 +502,11 @@ fn parse_time_and_offset(text: &str) -> Option<((i8, i8, i8), i32)> {
 /// rejects although Python writes it for historic offsets (local mean time): accepting it
 /// lets every key we write parse again.
 fn parse_offset(zone: &str) -> Option<i32> {
+    // Only digits, signs and colons belong here; the byte slicing below needs ASCII (a key
+    // from the bucket may hold anything).
+    if !zone.is_ascii() {
+        return None;
+    }
     let (sign, rest) = match zone.as_bytes().first()? {
         b'+' => (1, &zone[1..]),
         b'-' => (-1, &zone[1..]),
@@ -697,6 +706,29 @@ mod tests {
 
     fn arb_uuid() -> impl Strategy<Value = Uuid> {
         any::<u128>().prop_map(Uuid::from_u128)
+    }
+
+    #[test]
+    fn non_ascii_where_digits_belong_is_no_backup_and_no_panic() {
+        // Found by the fuzz test: byte slicing inside a multi-byte character.
+        for ctime in [
+            "2026-03-08T01:00:00+1é1",
+            "2026-03-08T01:00:00-é:00",
+            "2é2603-08T01:00:00+01:00",
+            "20260é08T01:00:00+01:00",
+            "2026é08T01:00:00Z",
+        ] {
+            let key = format!(
+                "home.ctim{ctime}.ctid1.uuid{U}.sndp{NIL}.prnt{U}.mdvn1.seqn0",
+                U = "00000000-0000-0000-0000-000000000001",
+                NIL = "00000000-0000-0000-0000-000000000000"
+            );
+            assert_eq!(
+                BackupMeta::parse_key(&key),
+                Err(KeyError::Incomplete),
+                "{key}"
+            );
+        }
     }
 
     proptest! {
