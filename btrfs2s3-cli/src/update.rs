@@ -58,22 +58,15 @@ pub fn run(args: &UpdateArgs, verbose: bool) -> u8 {
     if verbose {
         // The programs the config's commands run, as looked up (see the security model).
         for source in &config.sources {
-            for upload in source
-                .upload_to_remotes
-                .iter()
-                .filter(|u| !u.pipe_through.is_empty())
-            {
-                let commands: Vec<String> = upload
-                    .pipe_through
-                    .iter()
-                    .map(btrfs2s3_core::pipeline::PipeCommand::shown)
-                    .collect();
-                eprintln!(
-                    "btrfs2s3: {} to {}: pipe_through {}",
-                    escape(&source.path.to_string_lossy()),
-                    upload.remote_id,
-                    escape(&commands.join(" | "))
-                );
+            for upload in &source.upload_to_remotes {
+                if let Some(pipeline) = upload.pipeline_shown() {
+                    eprintln!(
+                        "btrfs2s3: {} to {}: pipe_through {}",
+                        escape(&source.path.to_string_lossy()),
+                        upload.remote_id,
+                        escape(&pipeline)
+                    );
+                }
             }
         }
     }

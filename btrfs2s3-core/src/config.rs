@@ -67,6 +67,21 @@ pub struct UploadConfig {
     pub send_protocol: SendProtocol,
 }
 
+impl UploadConfig {
+    /// The `pipe_through` commands as they run, programs as looked up:
+    /// `/usr/bin/zstd -T0 | /usr/bin/age -r age1...` (not escaped); `None` without commands.
+    #[must_use]
+    pub fn pipeline_shown(&self) -> Option<String> {
+        (!self.pipe_through.is_empty()).then(|| {
+            self.pipe_through
+                .iter()
+                .map(PipeCommand::shown)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+    }
+}
+
 /// The format of a send stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum SendProtocol {
@@ -1183,6 +1198,14 @@ remotes:
                 .map(PipeCommand::argv)
                 .collect::<Vec<_>>(),
             [vec!["zstd", "-T0"], vec!["age", "-r", "age1xyz"]]
+        );
+        assert_eq!(
+            home.upload_to_remotes[0].pipeline_shown().as_deref(),
+            Some("zstd -T0 | age -r age1xyz")
+        );
+        assert_eq!(
+            config.sources[1].upload_to_remotes[0].pipeline_shown(),
+            None
         );
         let aws = &config.remote("aws").unwrap().s3;
         assert_eq!(aws.bucket, "my-bucket");

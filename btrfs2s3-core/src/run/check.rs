@@ -145,20 +145,13 @@ fn check_source(source: &SourceConfig) -> Vec<CheckLine> {
             ),
         )),
     }
-    for upload in source
-        .upload_to_remotes
-        .iter()
-        .filter(|u| !u.pipe_through.is_empty())
-    {
-        let commands: Vec<String> = upload
-            .pipe_through
-            .iter()
-            .map(crate::pipeline::PipeCommand::shown)
-            .collect();
-        lines.push(CheckLine::ok(
-            &format!("pipe_through to {}", upload.remote_id),
-            format!("runs {}", escape(&commands.join(" | "))),
-        ));
+    for upload in &source.upload_to_remotes {
+        if let Some(pipeline) = upload.pipeline_shown() {
+            lines.push(CheckLine::ok(
+                &format!("pipe_through to {}", upload.remote_id),
+                format!("runs {}", escape(&pipeline)),
+            ));
+        }
     }
     lines
 }
