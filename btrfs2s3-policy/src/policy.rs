@@ -197,7 +197,10 @@ impl Policy {
     /// ```
     #[must_use]
     pub fn next_span_start(&self) -> Option<Timestamp> {
-        self.spans_containing(self.now).map(|span| span.end()).min()
+        self.params
+            .timeframes()
+            .map(|timeframe| crate::span::next_change(timeframe, self.now, &self.tz))
+            .min()
     }
 
     /// The spans of `timeframe` that the policy preserves, most recent first.
@@ -440,6 +443,24 @@ mod tests {
         // A wall-clock day: the night to the 29th is an hour short (DST begins).
         assert_eq!(ahead("1y 1d"), "2026-03-29T11:00:00Z");
         assert_eq!(ahead("0y"), "2026-03-28T12:00:00Z");
+    }
+
+    #[test]
+    fn the_next_span_starts_after_now_in_the_second_pass_of_a_fold() {
+        // 01:00Z is 02:00 CET, the second 02:00 of the night clocks go back: the minute's
+        // end, 02:01, resolves to its first pass (00:01Z), before now.
+        for (preserve, next) in [
+            ("1y 30M", "2027-10-31T01:01:00Z"),
+            ("1y 30s", "2027-10-31T01:00:01Z"),
+            ("1y 48h", "2027-10-31T02:00:00Z"),
+        ] {
+            let policy = policy(preserve, "Europe/Berlin", "2027-10-31T01:00:00Z");
+            assert_eq!(
+                policy.next_span_start(),
+                Some(next.parse().unwrap()),
+                "{preserve}"
+            );
+        }
     }
 
     #[test]

@@ -190,6 +190,27 @@ fn civil_bounds(timeframe: Timeframe, local: DateTime) -> (DateTime, DateTime) {
     }
 }
 
+/// The first instant after `instant` at which the span of `timeframe` containing it changes:
+/// usually that span's end, but in the second pass through a DST fold the end resolves to the
+/// fold's first pass (the span does not contain `instant`), and the wall clock's next unit
+/// starts at its later occurrence.
+pub(crate) fn next_change(timeframe: Timeframe, instant: Timestamp, tz: &TimeZone) -> Timestamp {
+    let (_, next) = civil_bounds(timeframe, tz.to_datetime(instant));
+    let end = resolve(next, tz);
+    if end > instant {
+        return end;
+    }
+    tz.to_ambiguous_timestamp(next)
+        .later()
+        .ok()
+        .filter(|later| *later > instant)
+        .unwrap_or_else(|| {
+            instant
+                .checked_add(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(Timestamp::MAX)
+        })
+}
+
 /// Resolves a wall-clock time to an instant: a time in a DST gap moves forward by the gap, a
 /// time in a fold is its earlier occurrence. This is jiff's "compatible" disambiguation, and
 /// it is also what the Python tool (arrow + zoneinfo with `fold=0`) does.
