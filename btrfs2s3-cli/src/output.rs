@@ -409,9 +409,14 @@ pub fn describe_action(action: &Action, ids: &ShortIds, verbose: bool) -> String
         ),
         Action::Destroy(destroy) => format!("destroy  {}", escape(&destroy.snapshot.name)),
         Action::Delete(delete) => format!(
-            "delete   {} from {}{}",
+            "delete   {} from {}{}{}",
             ids.get(delete.uuid),
             delete.remote,
+            match delete.pieces.len() {
+                0 => String::new(),
+                1 => " (and 1 more piece)".to_owned(),
+                n => format!(" (and {n} more pieces)"),
+            },
             key(&delete.key)
         ),
     }
@@ -615,6 +620,7 @@ mod tests {
                             key: key.into(),
                             source: SOURCE.into(),
                             uuid: uuid(n),
+                            pieces: Vec::new(),
                         }));
                     }
                     _ => {}

@@ -146,6 +146,20 @@ fn write_catalog(view: &CatalogView, out: &mut dyn Write) -> std::io::Result<()>
         view.sources.len(),
         view.foreign_objects
     )?;
+    for key in &view.broken_pieces {
+        writeln!(
+            out,
+            "  warning: backup {} is stored in pieces and some are missing: it cannot be restored",
+            escape(key)
+        )?;
+    }
+    if view.leftover_pieces > 0 {
+        writeln!(
+            out,
+            "  {} piece(s) of backups belong to no backup (an upload was interrupted); update deletes them",
+            view.leftover_pieces
+        )?;
+    }
     let ids = ShortIds::new(view.sources.iter().flat_map(|source| {
         std::iter::once(source.uuid).chain(source.backups.iter().map(|b| b.uuid))
     }));
@@ -562,6 +576,8 @@ mod tests {
             remote: "aws".to_owned(),
             bucket: "my-backups".to_owned(),
             foreign_objects: 2,
+            broken_pieces: vec!["home.ctim2026-05-01T00:00:00+00:00.ctid9.uuid00000000-0000-0000-0000-000000000009.sndp00000000-0000-0000-0000-000000000000.prnt00000000-0000-0000-0000-000000000001.mdvn1.seqn0".to_owned()],
+            leftover_pieces: 3,
             sources: vec![SourceView {
                 uuid: Uuid::from_u128(0xfeed_0000_0000_0000_0000_0000_0000_0000),
                 name: "home".to_owned(),

@@ -6,6 +6,7 @@
 //! changed a bucket behind its back (another run, a config reload, time).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use btrfs2s3_s3::BackupMeta;
 use jiff::Timestamp;
@@ -137,12 +138,25 @@ fn apply(state: &mut RemoteState, action: &Action, bytes: Option<u64>) -> bool {
             let (Ok(meta), Some(size)) = (BackupMeta::parse_key(&spec.key), bytes) else {
                 return false;
             };
+            // A stream of `size` bytes is cut into pieces of `max_object_size`, the last one
+            // shorter: its pieces after the first are as many as whole pieces fit.
+            let pieces: Vec<Arc<str>> = (1..=size / state.max_object_size)
+                .filter_map(|piece| btrfs2s3_s3::piece_key(&spec.key, u32::try_from(piece).ok()?))
+                .map(Arc::from)
+                .collect();
+            // The upload replaced what an interrupted one left under this key.
+            state.broken.retain(|broken| broken.key != spec.key);
+            state.leftovers.retain(|key| {
+                btrfs2s3_s3::first_piece_key(key).as_deref() != Some(&*spec.key)
+                    || !pieces.contains(key)
+            });
             let backup = BackupState {
                 key: spec.key.clone(),
                 meta,
                 size,
                 storage_class: spec.options.storage_class.clone(),
                 retention: spec.options.object_lock,
+                pieces,
             };
             // Keys are listed in order; an upload to an existing key replaces its object.
             match position(state, &spec.key) {
@@ -154,6 +168,8 @@ fn apply(state: &mut RemoteState, action: &Action, bytes: Option<u64>) -> bool {
             if let Ok(at) = position(state, &delete.key) {
                 state.backups.remove(at);
             }
+            state.broken.retain(|broken| broken.key != delete.key);
+            state.leftovers.retain(|key| !delete.pieces.contains(key));
         }
         Action::ExtendLock(extend) => {
             if let Ok(at) = position(state, &extend.key) {
@@ -166,4 +182,47 @@ fn apply(state: &mut RemoteState, action: &Action, bytes: Option<u64>) -> bool {
         Action::CreateSnapshot(_) | Action::Rename(_) | Action::Destroy(_) => {}
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeWorld;
+
+    /// The keys of the pieces after the first of `key`.
+    fn pieces(key: &str, numbers: &[u32]) -> Vec<Arc<str>> {
+        numbers
+            .iter()
+            .map(|&n| btrfs2s3_s3::piece_key(key, n).unwrap().into())
+            .collect()
+    }
+
+    #[test]
+    fn an_upload_in_pieces_is_cached_as_a_listing_would_show_it() {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y")]);
+        world.add_snapshot(0, "home.NEW.99", 10, "2026-03-08T11:59:00Z", 500);
+        let assessment = world.assessment();
+        let plan = crate::plan::plan(&assessment).unwrap();
+        let upload = plan.actions.last().unwrap();
+        let Action::Upload(spec) = upload else {
+            panic!("{upload:?}")
+        };
+        let key = spec.spec.key.clone();
+        let mut state = assessment.remotes[0].clone();
+        state.max_object_size = 16;
+        // An interrupted upload of the same backup left pieces 1 and 3.
+        state.leftovers = pieces(&key, &[1, 3]);
+        // 40 bytes: pieces of 16, 16 and 8.
+        assert!(apply(&mut state, upload, Some(40)));
+        assert_eq!(state.backups.len(), 1);
+        assert_eq!(state.backups[0].pieces, pieces(&key, &[1, 2]));
+        assert_eq!(state.backups[0].size, 40);
+        assert_eq!(state.leftovers, pieces(&key, &[3]), "3 is after the last");
+        // An exact multiple ends with an empty piece.
+        assert!(apply(&mut state, upload, Some(32)));
+        assert_eq!(state.backups[0].pieces, pieces(&key, &[1, 2]));
+        assert!(apply(&mut state, upload, Some(15)));
+        assert!(state.backups[0].pieces.is_empty());
+    }
 }

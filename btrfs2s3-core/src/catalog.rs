@@ -23,6 +23,10 @@ pub struct Catalog {
     backups: Vec<BackupState>,
     /// Objects that are not backups.
     pub foreign_objects: usize,
+    /// Backups stored as several objects of which some are missing: they cannot be restored.
+    pub broken_pieces: Vec<BackupState>,
+    /// Pieces of backups that belong to no backup (an upload was interrupted between them).
+    pub leftover_pieces: usize,
     by_uuid: HashMap<Uuid, usize>,
 }
 
@@ -193,6 +197,10 @@ pub struct CatalogView {
     pub bucket: String,
     /// How many objects are not backups.
     pub foreign_objects: usize,
+    /// The keys of backups stored as several objects of which some are missing.
+    pub broken_pieces: Vec<String>,
+    /// How many pieces of backups belong to no backup.
+    pub leftover_pieces: usize,
     /// The sources, by name.
     pub sources: Vec<SourceView>,
 }
@@ -206,12 +214,14 @@ pub async fn read(id: &str, config: &RemoteConfig) -> Result<(Remote, Catalog), 
     let remote = Remote::connect(config).await.map_err(error)?;
     let listing = remote.list().await.map_err(error)?;
     let backups = listing.backups.into_iter().map(BackupState::from).collect();
-    let catalog = Catalog::new(
+    let mut catalog = Catalog::new(
         id.to_owned(),
         remote.bucket().to_owned(),
         backups,
         listing.foreign.len(),
     );
+    catalog.broken_pieces = listing.broken.into_iter().map(BackupState::from).collect();
+    catalog.leftover_pieces = listing.leftovers.len();
     Ok((remote, catalog))
 }
 
@@ -259,6 +269,8 @@ impl Catalog {
             bucket,
             backups,
             foreign_objects,
+            broken_pieces: Vec::new(),
+            leftover_pieces: 0,
             by_uuid,
         }
     }
@@ -425,6 +437,12 @@ impl Catalog {
             remote: self.remote.clone(),
             bucket: self.bucket.clone(),
             foreign_objects: self.foreign_objects,
+            broken_pieces: self
+                .broken_pieces
+                .iter()
+                .map(|backup| backup.key.to_string())
+                .collect(),
+            leftover_pieces: self.leftover_pieces,
             sources: views,
         }
     }
@@ -476,6 +494,7 @@ mod tests {
             size: 10,
             storage_class: None,
             retention: None,
+            pieces: Vec::new(),
         }
     }
 

@@ -295,6 +295,8 @@ struct RawS3 {
     #[serde(default)]
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
+    max_object_size: Option<Spanned<String>>,
+    #[serde(default)]
     max_attempts: Option<Spanned<u32>>,
     #[serde(default)]
     timeout_seconds: Option<Spanned<u64>>,
@@ -486,6 +488,16 @@ pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, Config
         Some(raw_sources) => parse_sources(raw_sources, &remote_ids, &at)?,
         None => Vec::new(),
     };
+    let warnings = remotes
+        .iter()
+        .filter(|remote| remote.s3.upload.max_object_size < SMALL_OBJECT_SIZE)
+        .map(|remote| {
+            format!(
+                "remote {:?}: max_object_size is {} bytes, below 5GiB: every backup longer than that is stored as several objects, which the Python tool cannot restore",
+                remote.id, remote.s3.upload.max_object_size
+            )
+        })
+        .collect();
     Ok(Config {
         path: path.to_path_buf(),
         timezone_name,
@@ -493,8 +505,47 @@ pub fn parse_for(path: &Path, text: &str, needs: Needs) -> Result<Config, Config
         sources,
         remotes,
         parallel_uploads,
-        warnings: Vec::new(),
+        warnings,
     })
+}
+
+/// The largest `max_object_size`: Backblaze B2's largest object (10 TB); S3 takes 5 TiB.
+pub const MAX_MAX_OBJECT_SIZE: u64 = 10_000_000_000_000;
+
+/// A `max_object_size` below this gets a warning: it only makes sense for tests and for
+/// providers with small objects.
+const SMALL_OBJECT_SIZE: u64 = 5 << 30;
+
+/// A size: `5TiB`, `16MiB`, `1.5GiB`, `10TB`, `123456` (bytes; suffixes KiB, MiB, GiB, TiB
+/// and KB, MB, GB, TB).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let expected = || {
+        format!(
+            "expected a size like \"5TiB\" or \"16MiB\" (KiB, MiB, GiB, TiB, KB, MB, GB, TB), found {text:?}"
+        )
+    };
+    let amount = text.trim();
+    let (number, unit) = [
+        ("KiB", 1u64 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+    ]
+    .into_iter()
+    .find_map(|(suffix, unit)| Some((amount.strip_suffix(suffix)?, unit)))
+    .unwrap_or((amount, 1));
+    let number: f64 = number.trim().parse().map_err(|_| expected())?;
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = (number * unit as f64).round();
+    if !(0.0..=1e18).contains(&bytes) {
+        return Err(expected());
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(bytes as u64)
 }
 
 /// A bandwidth: `20MiB/s`, `512KiB/s`, `1.5GiB/s`, `100000/s` (bytes per second; the `/s` may be
@@ -1091,6 +1142,20 @@ fn remote_config(
                 .map_err(|message| at(&rate.referenced, format!("s3: rate_limit: {message}")))?,
         );
     }
+    if let Some(size) = raw.max_object_size {
+        let bytes = parse_size(&size.value)
+            .map_err(|message| at(&size.referenced, format!("s3: max_object_size: {message}")))?;
+        if !(btrfs2s3_s3::MIN_MAX_OBJECT_SIZE..=MAX_MAX_OBJECT_SIZE).contains(&bytes) {
+            return Err(at(
+                &size.referenced,
+                format!(
+                    "s3: max_object_size: must be between 5MiB and 10TB (10,000,000,000,000 bytes), found {:?}",
+                    size.value
+                ),
+            ));
+        }
+        upload.max_object_size = bytes;
+    }
     config.upload = upload;
     if let Some(attempts) = raw.max_attempts {
         if !(1..=100).contains(&attempts.value) {
@@ -1181,6 +1246,29 @@ remotes:
     }
 
     #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        for (text, expected) in [
+            ("5TiB", Ok(5u64 << 40)),
+            ("16MiB", Ok(16 << 20)),
+            ("1.5GiB", Ok(3 << 29)),
+            ("10TB", Ok(10_000_000_000_000)),
+            (" 2 KB ", Ok(2000)),
+            ("123456", Ok(123_456)),
+            ("-1MiB", Err("expected a size")),
+            ("big", Err("expected a size")),
+            ("5 TiB please", Err("expected a size")),
+        ] {
+            match (parse_size(text), expected) {
+                (Ok(rate), Ok(expected)) => assert_eq!(rate, expected, "{text}"),
+                (Err(message), Err(fragment)) => {
+                    assert!(message.contains(fragment), "{text}: {message}");
+                }
+                (got, _) => panic!("{text}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn python_tool_config_is_accepted_unchanged() {
         let config = parse(Path::new("c.yaml"), PYTHON_CONFIG).unwrap();
         assert_eq!(config.timezone_name, "America/Los_Angeles");
@@ -1255,7 +1343,7 @@ remotes:
     fn our_own_keys_are_optional_and_checked() {
         let config = parse(Path::new("c.yaml"), &PYTHON_CONFIG.replace(
             "      bucket: local-bucket\n",
-            "      bucket: local-bucket\n      part_size_mib: 16\n      parts_in_flight: 2\n      rate_limit: 5MiB/s\n      max_attempts: 3\n      timeout_seconds: 30\n",
+            "      bucket: local-bucket\n      part_size_mib: 16\n      parts_in_flight: 2\n      rate_limit: 5MiB/s\n      max_object_size: 16MiB\n      max_attempts: 3\n      timeout_seconds: 30\n",
         ))
         .unwrap();
         let local = &config.remote("local").unwrap().s3;
@@ -1265,6 +1353,7 @@ remotes:
         assert_eq!(local.upload.parts_in_flight, 2);
         assert_eq!(local.max_attempts, 3);
         assert_eq!(local.upload.rate_limit, Some(5 << 20));
+        assert_eq!(local.upload.max_object_size, 16 << 20);
         assert_eq!(local.read_timeout, Duration::from_secs(30));
     }
 
@@ -1558,6 +1647,18 @@ remotes:
                 "      bucket: local-bucket\n      parts_in_flight: 0",
                 Some((32, 24)),
                 "parts_in_flight: must be between 1 and 64",
+            ),
+            (
+                "      bucket: local-bucket",
+                "      bucket: local-bucket\n      max_object_size: 4MiB",
+                Some((32, 24)),
+                "s3: max_object_size: must be between 5MiB and 10TB",
+            ),
+            (
+                "      bucket: local-bucket",
+                "      bucket: local-bucket\n      max_object_size: huge",
+                Some((32, 24)),
+                "s3: max_object_size: expected a size like \"5TiB\"",
             ),
             (
                 "      bucket: local-bucket",

@@ -498,7 +498,8 @@ impl<W: World> Executor<'_, W> {
         }
         let keys: Vec<Arc<str>> = to_delete
             .iter()
-            .map(|(_, delete)| delete.key.clone())
+            .flat_map(|(_, delete)| [&delete.key].into_iter().chain(&delete.pieces))
+            .cloned()
             .collect();
         for (action, _) in &to_delete {
             self.observer.started(action);

@@ -12,6 +12,7 @@
 //! | `uploaded` | after an upload completed |
 //! | `destroyed` | after a snapshot was destroyed |
 //! | `deleting` | just before a batch of backups is deleted |
+//! | `piece-uploaded` | after a piece other than the first of a backup stored in pieces was completed |
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

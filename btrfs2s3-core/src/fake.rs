@@ -252,6 +252,7 @@ impl FakeWorld {
                                 .get(&(remote.clone(), key.clone()))
                                 .cloned(),
                             retention: self.retentions.get(&(remote.clone(), key.clone())).copied(),
+                            pieces: Vec::new(),
                         }),
                         Err(_) => foreign_objects += 1,
                     }
@@ -260,6 +261,9 @@ impl FakeWorld {
                     id: remote.clone(),
                     bucket: format!("bucket-{remote}"),
                     backups,
+                    broken: Vec::new(),
+                    leftovers: Vec::new(),
+                    max_object_size: btrfs2s3_s3::DEFAULT_MAX_OBJECT_SIZE,
                     foreign_objects,
                     pages: 1,
                     pending_uploads: self

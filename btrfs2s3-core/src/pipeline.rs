@@ -545,11 +545,12 @@ async fn stage(
         .map_err(|source| PipelineError::Storage { source })
 }
 
-/// Streams object `key` of `remote` into `commands` (the first reads it, the last consumes it:
-/// `btrfs receive DEST`). Returns the object's size.
-pub async fn download_into(
+/// Streams backup `key` of `remote` (its first piece, then its other `pieces`) into `commands`
+/// (the first reads it, the last consumes it: `btrfs receive DEST`). Returns its size.
+pub async fn download_into<K: AsRef<str> + Sync>(
     remote: &Remote,
     key: &str,
+    pieces: &[K],
     commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
@@ -557,7 +558,7 @@ pub async fn download_into(
     let downloaded = match (started, chain.first_stdin()) {
         (Ok(()), Some(mut stdin)) => {
             let downloaded = remote
-                .download(key, &mut stdin, progress)
+                .download_backup(key, pieces, &mut stdin, progress)
                 .await
                 .map_err(|source| PipelineError::Storage { source });
             // The end of the stream for the first command.

@@ -113,8 +113,15 @@ pub struct RemoteState {
     pub id: String,
     /// Its bucket.
     pub bucket: String,
-    /// Every object whose key parses as a backup.
+    /// Every backup: an object whose key parses as a backup's, with its other pieces.
     pub backups: Vec<BackupState>,
+    /// Backups stored as several objects of which some are missing (never restorable: a
+    /// later run uploads them again or deletes them).
+    pub broken: Vec<BackupState>,
+    /// Pieces of backups that belong to no backup: left by an upload that was interrupted.
+    pub leftovers: Vec<Arc<str>>,
+    /// The config's `max_object_size`: longer backups are stored in pieces of this size.
+    pub max_object_size: u64,
     /// How many objects are not ours.
     pub foreign_objects: usize,
     /// How many `ListObjectsV2` pages the listing took.
@@ -144,13 +151,16 @@ pub struct BackupState {
     pub key: Arc<str>,
     /// What the key says.
     pub meta: BackupMeta,
-    /// Its size in bytes.
+    /// Its size in bytes (of all its pieces).
     pub size: u64,
     /// Its storage class, when the server says.
     pub storage_class: Option<String>,
     /// Its object-lock retention, when the bucket has object lock (read for every backup of
     /// such a bucket).
     pub retention: Option<ObjectLock>,
+    /// The keys of its other pieces, in order, when it is stored as several objects (`key`
+    /// is the first).
+    pub pieces: Vec<Arc<str>>,
 }
 
 impl BackupState {
@@ -365,6 +375,10 @@ pub struct ExtendLock {
     pub lock: ObjectLock,
     /// Until when it is locked now, if it is.
     pub from: Option<Timestamp>,
+    /// The keys of its other pieces, which get the same lock (a backup stored as several
+    /// objects).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Arc<str>>,
 }
 
 /// Destroy a snapshot no remote keeps.
@@ -385,6 +399,10 @@ pub struct Delete {
     pub source: PathBuf,
     /// Its snapshot's uuid.
     pub uuid: Uuid,
+    /// The keys of its other pieces (a backup stored as several objects), deleted after
+    /// `key`; or pieces left by an interrupted upload of `key`, which does not exist.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Arc<str>>,
 }
 
 /// One thing to do.
@@ -553,11 +571,16 @@ impl BackupItem for BackupState {
 impl From<ListedBackup> for BackupState {
     fn from(backup: ListedBackup) -> BackupState {
         BackupState {
+            size: backup.size(),
             key: backup.object.key.into(),
             meta: backup.meta,
-            size: backup.object.size,
             storage_class: backup.object.storage_class,
             retention: None,
+            pieces: backup
+                .pieces
+                .into_iter()
+                .map(|piece| piece.key.into())
+                .collect(),
         }
     }
 }
@@ -616,6 +639,7 @@ pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
         extensions: Vec::new(),
         destroys: Vec::new(),
         deletes: Vec::new(),
+        cleanups: Vec::new(),
     };
     for source in &assessment.sources {
         let mut kept_snapshots: BTreeMap<Uuid, KeepSummary> = BTreeMap::new();
@@ -648,6 +672,8 @@ struct Builder<'a> {
     extensions: Vec<Action>,
     destroys: Vec<Action>,
     deletes: Vec<Action>,
+    /// Deletes of pieces that are no backup (not subject to the invariants of backups).
+    cleanups: Vec<Action>,
 }
 
 impl Builder<'_> {
@@ -668,7 +694,9 @@ impl Builder<'_> {
         // Multipart uploads of this source's backups are ours, and no other run of ours is
         // uploading (we hold the snapshot directory's lock): they were left by a crash.
         for pending in &remote.pending_uploads {
-            if BackupMeta::parse_key(&pending.key).is_ok_and(|meta| meta.parent_uuid == source.uuid)
+            // Any piece of a backup: a backup stored as several objects has an upload each.
+            if BackupMeta::parse_piece(&pending.key)
+                .is_ok_and(|(meta, _)| meta.parent_uuid == source.uuid)
             {
                 self.aborts.push(Action::AbortUpload(AbortUpload {
                     remote: remote.id.clone(),
@@ -720,7 +748,67 @@ impl Builder<'_> {
         new_uploads.sort_by_key(|(ctransid, _)| *ctransid);
         self.uploads
             .extend(new_uploads.into_iter().map(|(_, action)| action));
+        self.plan_cleanups(source, remote);
         Ok(())
+    }
+
+    /// Deletes of what interrupted uploads of `source`'s backups left in `remote`: pieces
+    /// without their first piece, and backups some of whose pieces are missing. Not what
+    /// this run uploads again under the same key (the upload replaces it), and not in a
+    /// bucket with Object Lock, where such pieces may be locked (they stay, and are listed).
+    fn plan_cleanups(&mut self, source: &SourceState, remote: &RemoteState) {
+        if remote.lock_enabled {
+            return;
+        }
+        let uploading: BTreeSet<&str> = self
+            .uploads
+            .iter()
+            .filter_map(|action| match action {
+                Action::Upload(upload) if upload.spec.remote == remote.id => {
+                    Some(&*upload.spec.key)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut cleanups = Vec::new();
+        for backup in &remote.broken {
+            if backup.meta.parent_uuid == source.uuid && !uploading.contains(&*backup.key) {
+                cleanups.push(Delete {
+                    remote: remote.id.clone(),
+                    key: backup.key.clone(),
+                    source: source.path.clone(),
+                    uuid: backup.meta.uuid,
+                    pieces: backup.pieces.clone(),
+                });
+            }
+        }
+        let mut leftovers: BTreeMap<String, (Uuid, Vec<Arc<str>>)> = BTreeMap::new();
+        for key in &remote.leftovers {
+            let (Ok((meta, _)), Some(first)) = (
+                BackupMeta::parse_piece(key),
+                btrfs2s3_s3::first_piece_key(key),
+            ) else {
+                continue;
+            };
+            if meta.parent_uuid == source.uuid && !uploading.contains(first.as_str()) {
+                leftovers
+                    .entry(first)
+                    .or_insert_with(|| (meta.uuid, Vec::new()))
+                    .1
+                    .push(key.clone());
+            }
+        }
+        for (first, (uuid, pieces)) in leftovers {
+            cleanups.push(Delete {
+                remote: remote.id.clone(),
+                key: first.into(),
+                source: source.path.clone(),
+                uuid,
+                pieces,
+            });
+        }
+        self.cleanups
+            .extend(cleanups.into_iter().map(Action::Delete));
     }
 
     /// The existing backups of one pair: kept, held, or deleted; locks extended.
@@ -767,6 +855,7 @@ impl Builder<'_> {
                     key: backup.key.clone(),
                     source: source.path.clone(),
                     uuid: backup.meta.uuid,
+                    pieces: backup.pieces.clone(),
                 }));
             }
             self.backups.push(PlannedBackup {
@@ -835,7 +924,6 @@ impl Builder<'_> {
         Action::Upload(Box::new(Upload {
             spec: UploadSpec {
                 remote: remote.id.clone(),
-                key,
                 source: source.path.clone(),
                 snapshot: snapshot_ref(source, snapshot),
                 send_parent: send_parent.map(|parent| snapshot_ref(source, parent)),
@@ -844,7 +932,10 @@ impl Builder<'_> {
                 options: UploadOptions {
                     storage_class,
                     object_lock,
+                    // A backup whose pieces are not all there is uploaded again in place.
+                    replace: remote.broken.iter().any(|broken| *broken.key == *key),
                 },
+                key,
             },
             keep: summary,
         }))
@@ -881,6 +972,7 @@ impl Builder<'_> {
             uuid: backup.meta.uuid,
             lock,
             from: current.map(|lock| lock.retain_until),
+            pieces: backup.pieces.clone(),
         }));
         Some(lock)
     }
@@ -941,6 +1033,7 @@ impl Builder<'_> {
         // The deletes can be most of a large plan: the others go in front of them, in their
         // buffer, rather than everything being copied into a new one.
         let mut actions = self.deletes;
+        actions.extend(self.cleanups);
         actions.splice(
             0..0,
             self.aborts
@@ -1113,6 +1206,79 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn pieces_of_interrupted_uploads_go_unless_the_same_backup_is_uploaded_again() {
+        let mut world = FakeWorld::new("UTC", "2026-03-08T12:00:00Z");
+        world.add_source("home", 1, &[("aws", "1y")]);
+        world.add_snapshot(0, "home.NEW.99", 10, "2026-03-08T11:59:00Z", 500);
+        let mut assessment = world.assessment();
+        let first = plan(&assessment).unwrap();
+        let Some(Action::Upload(upload)) = first.actions.last() else {
+            panic!("{:?}", first.actions)
+        };
+        let key = upload.spec.key.clone();
+        let piece =
+            |key: &str, n: u32| -> Arc<str> { btrfs2s3_s3::piece_key(key, n).unwrap().into() };
+        // The backup about to be uploaded was left broken; another one (of a snapshot that
+        // is gone) left two pieces and no first one.
+        let meta = BackupMeta::parse_key(&key).unwrap();
+        let other = BackupMeta {
+            uuid: Uuid::from_u128(77 << 64),
+            ..meta
+        };
+        let other_key = other.key("home", &TimeZone::UTC);
+        let remote = &mut assessment.remotes[0];
+        remote.broken.push(BackupState {
+            key: key.clone(),
+            meta,
+            size: 32,
+            storage_class: None,
+            retention: None,
+            pieces: vec![piece(&key, 2)],
+        });
+        remote.leftovers = vec![piece(&key, 3), piece(&other_key, 1), piece(&other_key, 2)];
+        let second = plan(&assessment).unwrap();
+        let uploads: Vec<&Upload> = second
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Upload(upload) => Some(&**upload),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uploads.len(), 1);
+        assert_eq!(uploads[0].spec.key, key);
+        assert!(
+            uploads[0].spec.options.replace,
+            "the broken one is replaced"
+        );
+        let deletes: Vec<&Delete> = second
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Delete(delete) => Some(delete),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deletes.len(), 1, "{deletes:?}");
+        assert_eq!(&*deletes[0].key, other_key.as_str());
+        assert_eq!(
+            deletes[0].pieces,
+            [piece(&other_key, 1), piece(&other_key, 2)]
+        );
+        // In a bucket with Object Lock, pieces may be locked: they stay.
+        assessment.remotes[0].lock_enabled = true;
+        let locked = plan(&assessment).unwrap();
+        assert!(
+            !locked
+                .actions
+                .iter()
+                .any(|action| matches!(action, Action::Delete(_))),
+            "{:?}",
+            locked.actions
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use btrfs2s3_btrfs::{SendOptions, Snapshot, SnapshotDir, Subvolume};
-use btrfs2s3_s3::Remote;
+use btrfs2s3_s3::{BackupMeta, Remote};
 use jiff::Timestamp;
 use snafu::{ResultExt, Snafu};
 use tokio_util::sync::CancellationToken;
@@ -354,7 +354,8 @@ async fn list_remotes(
                     remote: remote.id.clone(),
                     source: Box::new(source),
                 })?
-                .with_cancellation(cancel.clone());
+                .with_cancellation(cancel.clone())
+                .with_piece_hook(|_| crate::failpoint::hit("piece-uploaded"));
             remotes.push(state.clone());
             clients.insert(remote.id.clone(), Connected { client, versioned });
             continue;
@@ -384,7 +385,8 @@ async fn list_remote(
     let client = Remote::connect(&remote.s3)
         .await
         .map_err(error)?
-        .with_cancellation(cancel.clone());
+        .with_cancellation(cancel.clone())
+        .with_piece_hook(|_| crate::failpoint::hit("piece-uploaded"));
     let lock_enabled = client.object_lock_enabled().await.map_err(error)?;
     if remote.object_lock.is_some() && !lock_enabled {
         return Err(AssessError::ObjectLockDisabled {
@@ -432,6 +434,13 @@ async fn list_remote(
         id: remote.id.clone(),
         bucket: client.bucket().to_owned(),
         backups,
+        broken: listing.broken.into_iter().map(BackupState::from).collect(),
+        leftovers: listing
+            .leftovers
+            .into_iter()
+            .map(|object| object.key.into())
+            .collect(),
+        max_object_size: remote.s3.upload.max_object_size,
         foreign_objects: listing.foreign.len(),
         pages: listing.pages,
         pending_uploads,
@@ -439,6 +448,11 @@ async fn list_remote(
         lock_enabled,
     };
     Ok((state, client))
+}
+
+/// Whether `key` is a piece of a backup other than its first.
+fn is_later_piece(key: &str) -> bool {
+    BackupMeta::parse_piece(key).is_ok_and(|(_, piece)| piece > 0)
 }
 
 /// A source and the snapshots of it that were listed.
@@ -601,18 +615,28 @@ impl World for RealWorld {
             connected.versioned = Some(versioned);
             versioned
         };
-        if versioned {
-            connected.client.delete_all_versions(keys).await?;
-        } else {
-            connected.client.delete(keys).await?;
+        // A backup's first piece goes before its others: a crash in between leaves pieces
+        // that are no backup (a later run deletes them), never a backup missing pieces.
+        let (first, others): (Vec<&Arc<str>>, Vec<&Arc<str>>) =
+            keys.iter().partition(|key| !is_later_piece(key));
+        for keys in [first, others] {
+            if keys.is_empty() {
+                continue;
+            }
+            if versioned {
+                connected.client.delete_all_versions(&keys).await?;
+            } else {
+                connected.client.delete(&keys).await?;
+            }
         }
         Ok(())
     }
 
     async fn extend_lock(&mut self, extend: &ExtendLock) -> Result<(), WorldError> {
-        self.remote(&extend.remote)?
-            .extend_retention(&extend.key, extend.lock)
-            .await?;
+        let remote = self.remote(&extend.remote)?;
+        for key in extend.pieces.iter().chain([&extend.key]) {
+            remote.extend_retention(key, extend.lock).await?;
+        }
         Ok(())
     }
 

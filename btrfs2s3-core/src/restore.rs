@@ -19,6 +19,9 @@ use crate::trust::{Trustee, Untrusted};
 pub struct RestoreItem {
     /// The object key.
     pub key: String,
+    /// The keys of its other pieces, when it is stored as several objects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<String>,
     /// The snapshot's uuid.
     pub uuid: Uuid,
     /// The source's name, from the key.
@@ -50,6 +53,7 @@ pub fn plan_restore(
         .into_iter()
         .map(|backup| RestoreItem {
             key: backup.key.to_string(),
+            pieces: backup.pieces.iter().map(ToString::to_string).collect(),
             uuid: backup.meta.uuid,
             source: backup.source_name().to_owned(),
             send_parent: backup.meta.send_parent_uuid,
@@ -98,12 +102,14 @@ pub fn receive_chain(
         .collect()
 }
 
-/// Streams backup `key` through `commands` (see [`receive_chain`]) into DEST. If that fails,
+/// Streams backup `key` (with its other `pieces`) through `commands` (see [`receive_chain`])
+/// into DEST. If that fails,
 /// the half-received subvolume it leaves (writable, without a received uuid) is deleted, so
 /// that running the restore again starts that backup afresh.
-pub async fn receive(
+pub async fn receive<K: AsRef<str> + Sync>(
     remote: &Remote,
     key: &str,
+    pieces: &[K],
     dest: &Path,
     commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
@@ -124,7 +130,7 @@ pub async fn receive(
     .map_err(|error| PipelineError::Internal {
         message: format!("the thread that looked at the destination failed: {error}"),
     })?;
-    let result = download_into(remote, key, commands, progress)
+    let result = download_into(remote, key, pieces, commands, progress)
         .await
         .map_err(explain_stream_version);
     if result.is_err()
@@ -150,15 +156,16 @@ fn delete_partial(dir: &SnapshotDir, before: &BTreeSet<u64>) {
     }
 }
 
-/// Streams backup `key` through `commands` (see [`receive_chain`] without a destination), which
-/// checks it without writing anything.
-pub async fn verify(
+/// Streams backup `key` (with its other `pieces`) through `commands` (see [`receive_chain`]
+/// without a destination), which checks it without writing anything.
+pub async fn verify<K: AsRef<str> + Sync>(
     remote: &Remote,
     key: &str,
+    pieces: &[K],
     commands: &[PipeCommand],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, PipelineError> {
-    download_into(remote, key, commands, progress)
+    download_into(remote, key, pieces, commands, progress)
         .await
         .map_err(explain_stream_version)
 }

@@ -107,6 +107,41 @@ pub enum Error {
         /// The object.
         key: String,
     },
+    /// The stream is longer than `max_object_size` and its key is not a backup's, which could
+    /// be stored in pieces.
+    #[snafu(display(
+        "the stream to upload to {key} in bucket {bucket} is longer than max_object_size ({max} bytes)"
+    ))]
+    ObjectTooLarge {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        key: String,
+        /// The largest object allowed.
+        max: u64,
+    },
+    /// A `max_object_size` below S3's smallest part.
+    #[snafu(display(
+        "max_object_size for bucket {bucket} is {size} bytes; it must be at least 5 MiB"
+    ))]
+    MaxObjectSize {
+        /// The bucket.
+        bucket: String,
+        /// The size given.
+        size: u64,
+    },
+    /// A backup stored as several objects whose pieces other than the first are gone.
+    #[snafu(display(
+        "backup {key} in bucket {bucket} is stored in pieces of {piece_size} bytes, and its other pieces are missing: it cannot be restored"
+    ))]
+    MissingPieces {
+        /// The bucket.
+        bucket: String,
+        /// The backup's key.
+        key: String,
+        /// The piece size its metadata gives.
+        piece_size: u64,
+    },
     /// The transfer was cancelled.
     #[snafu(display("the transfer of {key} in bucket {bucket} was cancelled"))]
     Cancelled {

@@ -74,6 +74,9 @@ pub struct UploadSettings {
     pub parts_in_flight: usize,
     /// The most bytes per second uploads to this remote may read.
     pub rate_limit: Option<u64>,
+    /// The largest object: a longer backup is stored in pieces of this size (5 TiB, S3's
+    /// limit, by default).
+    pub max_object_size: u64,
 }
 
 impl Default for UploadSettings {
@@ -83,7 +86,25 @@ impl Default for UploadSettings {
             parts_per_size_step: 900,
             parts_in_flight: 4,
             rate_limit: None,
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
         }
+    }
+}
+
+/// S3's largest object, 5 TiB: the default `max_object_size`.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 5 << 40;
+
+/// The smallest `max_object_size`: S3's smallest part.
+pub const MIN_MAX_OBJECT_SIZE: u64 = 5 << 20;
+
+/// A function called with the key of each piece after the first as it is completed (for
+/// crash tests).
+#[derive(Clone)]
+pub struct PieceHook(pub(crate) Arc<dyn Fn(&str) + Send + Sync>);
+
+impl fmt::Debug for PieceHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PieceHook")
     }
 }
 
@@ -160,14 +181,29 @@ pub struct ListedBackup {
     pub object: ListedObject,
     /// The metadata in its key.
     pub meta: BackupMeta,
+    /// Its other pieces, in order, when it is stored as several objects (the first is
+    /// `object`); empty for a backup of one object.
+    pub pieces: Vec<ListedObject>,
+}
+
+impl ListedBackup {
+    /// The size of the backup: of all its pieces.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.object.size + self.pieces.iter().map(|piece| piece.size).sum::<u64>()
+    }
 }
 
 /// Everything in a bucket, split into our backups and foreign objects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
-    /// Objects whose keys parse as backup keys.
+    /// Whole backups: objects whose keys parse as backup keys, with their other pieces.
     pub backups: Vec<ListedBackup>,
-    /// Objects whose keys do not: not ours, never to be deleted.
+    /// Backups stored as several objects of which some are missing: they cannot be restored.
+    pub broken: Vec<ListedBackup>,
+    /// Pieces of backups that belong to no backup (an upload was interrupted between them).
+    pub leftovers: Vec<ListedObject>,
+    /// Objects whose keys do not parse: not ours, never to be deleted.
     pub foreign: Vec<ListedObject>,
     /// How many `ListObjectsV2` pages were read.
     pub pages: u32,
@@ -197,6 +233,8 @@ pub struct Remote {
     /// What the server was found to take for upload integrity (shared by clones): unknown
     /// until the first upload.
     integrity: Arc<OnceLock<Integrity>>,
+    /// Called as each piece after a backup's first is completed.
+    pub(crate) on_piece: Option<PieceHook>,
 }
 
 impl Remote {
@@ -208,6 +246,12 @@ impl Remote {
             return Err(Error::PartSize {
                 bucket,
                 size: config.upload.part_size,
+            });
+        }
+        if config.upload.max_object_size < MIN_MAX_OBJECT_SIZE {
+            return Err(Error::MaxObjectSize {
+                bucket,
+                size: config.upload.max_object_size,
             });
         }
         if config.upload.parts_in_flight == 0 || config.upload.parts_per_size_step == 0 {
@@ -294,6 +338,7 @@ impl Remote {
                 .collect(),
             max_attempts: config.max_attempts.max(1),
             integrity: Arc::new(OnceLock::new()),
+            on_piece: None,
         })
     }
 
@@ -312,6 +357,14 @@ impl Remote {
     #[must_use]
     pub fn refuses_checksums(&self) -> bool {
         self.integrity() == Some(Integrity::Signed)
+    }
+
+    /// This remote calling `hook` with the key of each piece after a backup's first as it is
+    /// completed.
+    #[must_use]
+    pub fn with_piece_hook(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Remote {
+        self.on_piece = Some(PieceHook(Arc::new(hook)));
+        self
     }
 
     /// This remote with uploads that also draw from `limit` (shared with other remotes).
@@ -397,6 +450,7 @@ impl Remote {
     /// Lists the whole bucket in one paged `ListObjectsV2` pass (1000 keys a page).
     pub async fn list(&self) -> Result<Listing, Error> {
         let mut listing = Listing::default();
+        let mut others = Vec::new();
         let mut continuation: Option<String> = None;
         let server_date = ServerDate::default();
         loop {
@@ -415,13 +469,13 @@ impl Remote {
                         .storage_class()
                         .map(|class| class.as_str().to_owned()),
                 };
-                match BackupMeta::parse_key(key) {
-                    Ok(meta) => listing.backups.push(ListedBackup {
-                        object: listed,
-                        meta,
-                    }),
-                    Err(_) => listing.foreign.push(listed),
-                }
+                crate::pieces::classify(
+                    key,
+                    listed,
+                    &mut listing.backups,
+                    &mut others,
+                    &mut listing.foreign,
+                );
             }
             match page.next_continuation_token() {
                 Some(token) if page.is_truncated() == Some(true) => {
@@ -435,6 +489,11 @@ impl Remote {
                 }
                 _ => {
                     listing.server_time = server_date.get();
+                    let grouped =
+                        crate::pieces::group(std::mem::take(&mut listing.backups), others);
+                    listing.backups = grouped.backups;
+                    listing.broken = grouped.broken;
+                    listing.leftovers = grouped.leftovers;
                     return Ok(listing);
                 }
             }

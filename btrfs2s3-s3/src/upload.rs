@@ -68,6 +68,12 @@ pub struct UploadOptions {
     pub storage_class: Option<String>,
     /// An object-lock retention (the bucket must have object lock enabled).
     pub object_lock: Option<ObjectLock>,
+    /// Delete what is under the key before anything is uploaded: the first piece of a backup
+    /// whose other pieces went missing, which would make the new pieces look like its own
+    /// (before the upload starts: some servers, Garage among them, abort the uploads of a
+    /// key that is deleted).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 /// How the bytes of an upload are guarded on their way to the server.
@@ -138,10 +144,18 @@ pub struct StagedUpload {
     key: String,
     size: u64,
     options: UploadOptions,
+    /// The piece size recorded on the object (a backup's first piece).
+    piece_size: Option<u64>,
     staged: Staged,
+    /// The keys of the pieces after the first, completed already.
+    pieces: Vec<String>,
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per upload in flight, never in a collection"
+)]
 enum Staged {
     /// A small object, still in memory.
     Single(Bytes),
@@ -165,6 +179,13 @@ impl StagedUpload {
         &self.key
     }
 
+    /// The keys of the pieces after the first, in order: empty for a stream stored as one
+    /// object.
+    #[must_use]
+    pub fn pieces(&self) -> &[String] {
+        &self.pieces
+    }
+
     /// Makes the object appear under its key. Returns its size.
     pub async fn complete(self) -> Result<u64, Error> {
         let StagedUpload {
@@ -172,10 +193,12 @@ impl StagedUpload {
             key,
             size,
             options,
+            piece_size,
             staged,
+            pieces: _,
         } = self;
         match staged {
-            Staged::Single(body) => remote.put_single(&key, body, &options).await?,
+            Staged::Single(body) => remote.put_single(&key, body, &options, piece_size).await?,
             Staged::Multipart { guard, parts } => {
                 let counter = AttemptCounter::default();
                 let result = remote
@@ -213,18 +236,28 @@ impl StagedUpload {
         Ok(size)
     }
 
-    /// Discards the staged bytes: aborts the multipart upload.
+    /// Discards the staged bytes: aborts the multipart upload, deletes the pieces after the
+    /// first.
     pub async fn abort(self) -> Result<(), Error> {
-        match self.staged {
+        let aborted = match self.staged {
             Staged::Single(_) => Ok(()),
             Staged::Multipart { guard, .. } => guard.abort().await,
+        };
+        if !self.pieces.is_empty() {
+            self.remote.delete(&self.pieces).await?;
         }
+        aborted
     }
 }
 
 impl Remote {
     /// Reads `reader` to its end and stages it for `key`: see the module documentation.
     /// `progress` is called with the number of bytes read so far.
+    ///
+    /// A stream longer than `max_object_size` is stored in pieces (see
+    /// [`piece_key`](crate::piece_key)): the pieces after the first are completed as they are
+    /// read (without their first piece they are leftovers, never a backup), the first piece
+    /// only by [`StagedUpload::complete`].
     pub async fn stage_upload<R: AsyncRead + Unpin>(
         &self,
         key: &str,
@@ -232,37 +265,150 @@ impl Remote {
         options: &UploadOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<StagedUpload, Error> {
+        if options.replace {
+            self.delete(&[key]).await?;
+        }
+        let max = self.upload.max_object_size;
+        let pieced = crate::pieces::can_have_pieces(key);
+        let piece_size = pieced.then_some(max);
         let mut total = 0u64;
-        let staged = |staged: Staged, size: u64| StagedUpload {
+        let first = self
+            .stage_object(
+                key,
+                &mut (&mut *reader).take(max),
+                options,
+                piece_size,
+                &mut total,
+                progress,
+            )
+            .await?;
+        let mut staged = StagedUpload {
             remote: self.clone(),
             key: key.to_owned(),
-            size,
+            size: total,
             options: options.clone(),
-            staged,
+            piece_size,
+            staged: first,
+            pieces: Vec::new(),
         };
+        if total < max {
+            return Ok(staged);
+        }
+        match self
+            .stage_pieces(key, reader, &mut staged, pieced, &mut total, progress)
+            .await
+        {
+            Ok(()) => {
+                staged.size = total;
+                Ok(staged)
+            }
+            Err(error) => {
+                // Best effort: the original error is the one to report.
+                let _ = staged.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Stores the rest of a stream whose first `max_object_size` bytes are staged as pieces
+    /// after the first, each completed at once, into `staged.pieces`. The last piece is
+    /// shorter than the others: empty if the stream ends with a full one.
+    async fn stage_pieces<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        staged: &mut StagedUpload,
+        pieced: bool,
+        total: &mut u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), Error> {
+        let max = self.upload.max_object_size;
+        if !pieced {
+            // Is there anything left? A one-byte read tells.
+            let mut probe = [0u8; 1];
+            let read = reader.read(&mut probe).await.context(ReadStreamSnafu {
+                bucket: self.bucket.clone(),
+                key,
+            })?;
+            if read > 0 {
+                return Err(Error::ObjectTooLarge {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    max,
+                });
+            }
+            return Ok(());
+        }
+        for piece in 1u32.. {
+            let piece_key = crate::piece_key(key, piece).unwrap_or_default();
+            let before = *total;
+            let object = self
+                .stage_object(
+                    &piece_key,
+                    &mut (&mut *reader).take(max),
+                    &staged.options,
+                    None,
+                    total,
+                    progress,
+                )
+                .await?;
+            StagedUpload {
+                remote: self.clone(),
+                key: piece_key.clone(),
+                size: *total - before,
+                options: staged.options.clone(),
+                piece_size: None,
+                staged: object,
+                pieces: Vec::new(),
+            }
+            .complete()
+            .await?;
+            staged.pieces.push(piece_key.clone());
+            if let Some(hook) = &self.on_piece {
+                (hook.0)(&piece_key);
+            }
+            if *total - before < max {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `reader` to its end and stages it as one object.
+    async fn stage_object<R: AsyncRead + Unpin>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        options: &UploadOptions,
+        piece_size: Option<u64>,
+        total: &mut u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Staged, Error> {
         let first_size = self.part_size(0);
         let first = self
-            .read_part(key, reader, first_size, &mut total, progress)
+            .read_part(key, reader, first_size, total, progress)
             .await?;
         if (first.len() as u64) < first_size {
-            return Ok(staged(Staged::Single(first), total));
+            return Ok(Staged::Single(first));
         }
         // The first part is full: the stream may end right here, which only the next read
         // can tell. Reading the second part before starting a multipart upload keeps a
         // stream of exactly one part a single PutObject.
         let second_size = self.part_size(1);
         let second = self
-            .read_part(key, reader, second_size, &mut total, progress)
+            .read_part(key, reader, second_size, total, progress)
             .await?;
         if second.is_empty() {
-            return Ok(staged(Staged::Single(first), total));
+            return Ok(Staged::Single(first));
         }
-        let (guard, start) = self.start_multipart(key, options, first, second).await?;
+        let (guard, start) = self
+            .start_multipart(key, options, piece_size, first, second)
+            .await?;
         match self
-            .upload_parts(key, reader, &guard, start, &mut total, progress)
+            .upload_parts(key, reader, &guard, start, total, progress)
             .await
         {
-            Ok(parts) => Ok(staged(Staged::Multipart { guard, parts }, total)),
+            Ok(parts) => Ok(Staged::Multipart { guard, parts }),
             Err(error) => {
                 // Best effort: the original error is the one to report.
                 let _ = guard.abort().await;
@@ -369,10 +515,11 @@ impl Remote {
         key: &str,
         body: Bytes,
         options: &UploadOptions,
+        piece_size: Option<u64>,
     ) -> Result<(), Error> {
         if self.integrity() != Some(Integrity::Signed) {
             match self
-                .put_object(key, &body, options, Integrity::Crc32c)
+                .put_object(key, &body, options, piece_size, Integrity::Crc32c)
                 .await
             {
                 Ok(()) => {
@@ -385,7 +532,7 @@ impl Remote {
                 Err(error) => return Err(error),
             }
         }
-        self.put_object(key, &body, options, Integrity::Signed)
+        self.put_object(key, &body, options, piece_size, Integrity::Signed)
             .await
     }
 
@@ -395,6 +542,7 @@ impl Remote {
         key: &str,
         body: &Bytes,
         options: &UploadOptions,
+        piece_size: Option<u64>,
         integrity: Integrity,
     ) -> Result<(), Error> {
         let mut attempt = 1;
@@ -406,7 +554,8 @@ impl Remote {
                 .bucket(&self.bucket)
                 .key(key)
                 .body(ByteStream::from(body.clone()))
-                .set_storage_class(options.storage_class.as_deref().map(StorageClass::from));
+                .set_storage_class(options.storage_class.as_deref().map(StorageClass::from))
+                .set_metadata(piece_metadata(piece_size));
             request = match integrity {
                 // The algorithm too: servers want it with object lock; with the value given,
                 // the SDK computes nothing itself.
@@ -446,13 +595,14 @@ impl Remote {
         &self,
         key: &str,
         options: &UploadOptions,
+        piece_size: Option<u64>,
         first: Bytes,
         second: Bytes,
     ) -> Result<(AbortGuard, PartsStart), Error> {
         let known = self.integrity();
         if known != Some(Integrity::Signed) {
             let guard = self
-                .create_multipart_upload(key, options, Integrity::Crc32c)
+                .create_multipart_upload(key, options, piece_size, Integrity::Crc32c)
                 .await;
             let guard = match guard {
                 Err(error) if known.is_none() && refuses_checksums(&error) => None,
@@ -500,7 +650,7 @@ impl Remote {
             self.learn_integrity(Integrity::Signed);
         }
         let guard = self
-            .create_multipart_upload(key, options, Integrity::Signed)
+            .create_multipart_upload(key, options, piece_size, Integrity::Signed)
             .await?;
         Ok((guard, PartsStart::new(Integrity::Signed, first, second)))
     }
@@ -509,6 +659,7 @@ impl Remote {
         &self,
         key: &str,
         options: &UploadOptions,
+        piece_size: Option<u64>,
         integrity: Integrity,
     ) -> Result<AbortGuard, Error> {
         let counter = AttemptCounter::default();
@@ -518,6 +669,7 @@ impl Remote {
             .bucket(&self.bucket)
             .key(key)
             .set_storage_class(options.storage_class.as_deref().map(StorageClass::from))
+            .set_metadata(piece_metadata(piece_size))
             .set_checksum_algorithm(match integrity {
                 Integrity::Crc32c => Some(ChecksumAlgorithm::Crc32C),
                 Integrity::Signed => signed_checksum(options),
@@ -723,6 +875,13 @@ impl PartsStart {
             completed: Vec::new(),
         }
     }
+}
+
+/// The user metadata of a backup's first piece: its piece size.
+fn piece_metadata(piece_size: Option<u64>) -> Option<std::collections::HashMap<String, String>> {
+    piece_size.map(|size| {
+        std::collections::HashMap::from([(crate::PIECE_SIZE_METADATA.to_owned(), size.to_string())])
+    })
 }
 
 /// The checksum the SDK adds to a signed upload: CRC-32 where object lock needs one.

@@ -482,6 +482,7 @@ async fn storage_class_and_object_lock_are_set_on_upload() {
                 mode: LockMode::Governance,
                 retain_until,
             }),
+            replace: false,
         };
         for (key, len) in [("single", MIB), ("multi", 11 * MIB)] {
             let bytes = data(len, 5);

@@ -406,6 +406,7 @@ pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport 
         let result = restore::receive(
             &plan.remote,
             &item.key,
+            &item.pieces,
             &plan.dest,
             &plan.commands,
             &progress,
@@ -564,7 +565,8 @@ pub async fn verify(
             };
             ui.started(transfer);
             let progress = |bytes| ui.progress(bytes);
-            let result = restore::verify(client, &backup.key, &commands, &progress).await;
+            let result =
+                restore::verify(client, &backup.key, &backup.pieces, &commands, &progress).await;
             ui.finished(transfer, &result);
             // A stream cut short by a signal says nothing about the backup.
             if cancel.is_cancelled() {

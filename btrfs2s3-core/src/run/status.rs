@@ -193,6 +193,13 @@ fn pair_status(
             "{unrestorable} backup(s) cannot be restored: a send ancestor is missing"
         ));
     }
+    let missing_pieces = catalog.broken_pieces.iter().filter(ours).count();
+    if missing_pieces > 0 {
+        problems.push(format!(
+            "{missing_pieces} backup(s) stored in pieces have pieces missing: they cannot be restored"
+        ));
+    }
+    let unrestorable = unrestorable + missing_pieces;
     let newest = backups
         .iter()
         .max_by_key(|b| (b.meta.ctime, b.meta.ctransid))
@@ -259,6 +266,7 @@ mod tests {
             size: 10 * u64::try_from(n).unwrap(),
             storage_class: None,
             retention: None,
+            pieces: Vec::new(),
         }
     }
 

@@ -278,14 +278,17 @@ impl Fixture {
             .len()
     }
 
-    /// Every key in remote `index`, sorted.
+    /// Every key in remote `index` (every piece of every backup too), sorted.
     pub fn keys(&self, index: usize) -> Vec<String> {
         let listing = self.runtime.block_on(self.remote(index).list()).unwrap();
         let mut keys: Vec<String> = listing
             .backups
             .iter()
-            .map(|b| b.object.key.clone())
-            .chain(listing.foreign.iter().map(|o| o.key.clone()))
+            .chain(&listing.broken)
+            .flat_map(|b| std::iter::once(&b.object).chain(&b.pieces))
+            .chain(&listing.leftovers)
+            .chain(&listing.foreign)
+            .map(|o| o.key.clone())
             .collect();
         keys.sort();
         keys
