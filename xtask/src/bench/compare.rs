@@ -6,9 +6,12 @@
 //!    Baselines for both: `btrfs send` into /dev/null, a plain `PutObject` of the same
 //!    stream from a file, and our upload path alone reading that file (no `btrfs send`
 //!    competing for the CPUs: the server's limit).
-//! 3. Planning with many backup objects in the bucket and many snapshots on disk: ours with
+//! 3. Full backup to two remotes (two buckets of one server: a second server would compete
+//!    for the same two cores), ours (one `btrfs send` feeding both) and the Python tool's
+//!    (one send per remote), against the same tool's full backup to one remote.
+//! 4. Planning with many backup objects in the bucket and many snapshots on disk: ours with
 //!    `update --pretend`, the Python tool's `update` in a pseudo-terminal answering `n`.
-//! 4. Start-up: `--help`.
+//! 5. Start-up: `--help`.
 //!
 //! Each tool's pair of backups, and the baselines, get a fresh Garage server whose data lives
 //! in a tmpfs (so no block is deduplicated against an earlier run's, and the server's disk
@@ -155,6 +158,8 @@ pub fn run(options: &Options) -> Result<()> {
 struct Backups {
     full: Rows,
     differential: Rows,
+    /// Full backups to two remotes.
+    two_remotes: Rows,
     /// The sizes of the full and the differential stream.
     stream_bytes: (u64, u64),
 }
@@ -294,22 +299,55 @@ impl Bench {
     fn config(
         &self,
         name: &str,
-        (source, snapshots): (&str, &str),
+        source: (&str, &str),
         bucket: &str,
         garage: &S3Endpoint,
         preserve: &str,
     ) -> Result<PathBuf> {
+        self.config_remotes(name, source, &[bucket], garage, preserve)
+    }
+
+    /// A config for one source uploading to one remote per bucket of `buckets`.
+    fn config_remotes(
+        &self,
+        name: &str,
+        (source, snapshots): (&str, &str),
+        buckets: &[&str],
+        garage: &S3Endpoint,
+        preserve: &str,
+    ) -> Result<PathBuf> {
+        use std::fmt::Write as _;
         let path = self.work.join(format!("{name}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "timezone: UTC\nsources:\n  - path: {}\n    snapshots: {}\n    upload_to_remotes:\n      - id: bench\n        preserve: {preserve}\nremotes:\n  - id: bench\n    s3:\n      bucket: {bucket}\n      endpoint:\n        endpoint_url: {}\n        region_name: {}\n",
-                self.fs.join(source).display(),
-                self.fs.join(snapshots).display(),
+        let mut yaml = format!(
+            "timezone: UTC\nsources:\n  - path: {}\n    snapshots: {}\n    upload_to_remotes:\n",
+            self.fs.join(source).display(),
+            self.fs.join(snapshots).display(),
+        );
+        let id = |n: usize| {
+            if n == 0 {
+                "bench".to_owned()
+            } else {
+                format!("bench{n}")
+            }
+        };
+        for n in 0..buckets.len() {
+            let _ = write!(
+                yaml,
+                "      - id: {}\n        preserve: {preserve}\n",
+                id(n)
+            );
+        }
+        yaml.push_str("remotes:\n");
+        for (n, bucket) in buckets.iter().enumerate() {
+            let _ = write!(
+                yaml,
+                "  - id: {}\n    s3:\n      bucket: {bucket}\n      endpoint:\n        endpoint_url: {}\n        region_name: {}\n",
+                id(n),
                 garage.endpoint,
                 garage.region,
-            ),
-        )?;
+            );
+        }
+        std::fs::write(&path, yaml)?;
         Ok(path)
     }
 
@@ -358,6 +396,7 @@ impl Bench {
         let mut backups = Backups {
             full: Rows::default(),
             differential: Rows::default(),
+            two_remotes: Rows::default(),
             stream_bytes: (0, 0),
         };
         for run in 0..self.options.runs {
@@ -402,8 +441,50 @@ impl Bench {
                     backups.stream_bytes = self.baselines(run, &mut backups)?;
                 }
             }
+            for tool in Tool::order(run) {
+                let sample = self.two_remotes(run, tool)?;
+                backups.two_remotes.push(tool.row(), sample);
+            }
         }
         Ok(backups)
+    }
+
+    /// A full backup of a fresh source to two buckets.
+    fn two_remotes(&self, run: usize, tool: Tool) -> Result<Sample> {
+        self.reset()?;
+        let (_server, garage) = fresh_garage(self.server_bytes())?;
+        let name = format!("{}-two-{run}", tool.slug());
+        let buckets = [format!("{name}-a"), format!("{name}-b")];
+        for bucket in &buckets {
+            self.fill_bucket(&garage, bucket, &[])?;
+        }
+        let config = self.config_remotes(
+            &name,
+            ("source", "snapshots"),
+            &[&buckets[0], &buckets[1]],
+            &garage,
+            "1y 1m 1d 1h",
+        )?;
+        eprintln!(
+            "xtask: run {run}: {} full backup to two remotes",
+            tool.row()
+        );
+        let sample = self.measure(
+            self.tool(tool, &garage)
+                .args(["update", "--force"])
+                .arg(&config),
+            b"",
+            &name,
+        )?;
+        let found = self.count_backups(&config, &garage)?;
+        if found != 2 {
+            return Err(format!(
+                "{}: expected a full backup in each of two buckets, found {found}",
+                tool.row()
+            )
+            .into());
+        }
+        Ok(sample)
     }
 
     /// The limits, on the snapshots ours just backed up: `btrfs send` into /dev/null, and a
@@ -696,7 +777,19 @@ fn rows_json(rows: &Rows, bytes: Option<u64>) -> serde_json::Value {
 /// planning, start-up) and the goals.
 struct Verdict {
     ratios: [f64; 6],
+    /// Two remotes: ours against the Python tool (throughput), and each tool's two-remote
+    /// full backup over its one-remote one (wall, CPU): ours, then the Python tool's.
+    two_remotes: TwoRemotes,
     goals: [(&'static str, bool, String); 5],
+}
+
+/// The figures of the two-remote full backup.
+struct TwoRemotes {
+    vs_python: f64,
+    ours_wall: f64,
+    ours_cpu: f64,
+    python_wall: f64,
+    python_cpu: f64,
 }
 
 fn verdict(backups: &Backups, planning: &Rows, startup: &Rows) -> Verdict {
@@ -707,6 +800,14 @@ fn verdict(backups: &Backups, planning: &Rows, startup: &Rows) -> Verdict {
     let diff_vs_python = wall(&backups.differential, PYTHON) / wall(&backups.differential, OURS);
     let planning_vs_python = wall(planning, PYTHON) / wall(planning, OURS);
     let startup_vs_python = wall(startup, PYTHON) / wall(startup, OURS);
+    let cpu = |rows: &Rows, row: &str| rows.median(row, |s| s.cpu);
+    let two_remotes = TwoRemotes {
+        vs_python: wall(&backups.two_remotes, PYTHON) / wall(&backups.two_remotes, OURS),
+        ours_wall: wall(&backups.two_remotes, OURS) / wall(&backups.full, OURS),
+        ours_cpu: cpu(&backups.two_remotes, OURS) / cpu(&backups.full, OURS),
+        python_wall: wall(&backups.two_remotes, PYTHON) / wall(&backups.full, PYTHON),
+        python_cpu: cpu(&backups.two_remotes, PYTHON) / cpu(&backups.full, PYTHON),
+    };
     let ours: Vec<&Sample> = [&backups.full, &backups.differential, planning]
         .iter()
         .flat_map(|rows| rows.get(OURS))
@@ -749,6 +850,7 @@ fn verdict(backups: &Backups, planning: &Rows, startup: &Rows) -> Verdict {
             planning_vs_python,
             startup_vs_python,
         ],
+        two_remotes,
         goals,
     }
 }
@@ -780,9 +882,21 @@ fn report(options: &Options, backups: &Backups, planning: &Rows, startup: &Rows)
         planning,
         None,
     );
+    print_table(
+        &format!(
+            "full backup to two remotes (stream of {:.1} MiB, twice)",
+            full_bytes as f64 / MIB
+        ),
+        &backups.two_remotes,
+        Some(2 * full_bytes),
+    );
     print_table("start-up: --help", startup, None);
 
-    let Verdict { ratios, goals } = verdict(backups, planning, startup);
+    let Verdict {
+        ratios,
+        two_remotes,
+        goals,
+    } = verdict(backups, planning, startup);
     let [
         full_vs_python,
         full_vs_put,
@@ -794,6 +908,14 @@ fn report(options: &Options, backups: &Backups, planning: &Rows, startup: &Rows)
     println!(
         "\nratios of medians (how many times faster ours is): full backup {full_vs_python:.2}x the Python tool, {full_vs_put:.2}x the plain upload, {full_vs_streamed:.2}x our upload path alone; differential {diff_vs_python:.2}x the Python tool; planning {planning_vs_python:.1}x; start-up {startup_vs_python:.1}x"
     );
+    println!(
+        "two remotes: ours {:.2}x the Python tool's throughput; two remotes over one: ours {:.2}x the wall time, {:.2}x the CPU (of btrfs2s3 and its children; the server's is not counted); the Python tool {:.2}x the wall time, {:.2}x the CPU",
+        two_remotes.vs_python,
+        two_remotes.ours_wall,
+        two_remotes.ours_cpu,
+        two_remotes.python_wall,
+        two_remotes.python_cpu
+    );
     println!("goals:");
     for (goal, met, value) in &goals {
         println!(
@@ -802,7 +924,46 @@ fn report(options: &Options, backups: &Backups, planning: &Rows, startup: &Rows)
         );
     }
 
-    let json = serde_json::json!({
+    let json = report_json(
+        options,
+        backups,
+        planning,
+        startup,
+        &Verdict {
+            ratios,
+            two_remotes,
+            goals,
+        },
+    );
+    let path = report_dir()?.join("bench.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&json)?)?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+/// The figures of `report` as JSON.
+fn report_json(
+    options: &Options,
+    backups: &Backups,
+    planning: &Rows,
+    startup: &Rows,
+    verdict: &Verdict,
+) -> serde_json::Value {
+    let (full_bytes, diff_bytes) = backups.stream_bytes;
+    let Verdict {
+        ratios,
+        two_remotes,
+        goals,
+    } = verdict;
+    let [
+        full_vs_python,
+        full_vs_put,
+        full_vs_streamed,
+        diff_vs_python,
+        planning_vs_python,
+        startup_vs_python,
+    ] = *ratios;
+    serde_json::json!({
         "benchmark": "compare",
         "size_mib": options.size_mib,
         "runs": options.runs,
@@ -813,6 +974,14 @@ fn report(options: &Options, backups: &Backups, planning: &Rows, startup: &Rows)
         "differential": {
             "stream_bytes": diff_bytes,
             "rows": rows_json(&backups.differential, Some(diff_bytes)),
+        },
+        "two_remotes": {
+            "rows": rows_json(&backups.two_remotes, Some(2 * full_bytes)),
+            "ours_vs_python": two_remotes.vs_python,
+            "ours_two_over_one_wall": two_remotes.ours_wall,
+            "ours_two_over_one_cpu": two_remotes.ours_cpu,
+            "python_two_over_one_wall": two_remotes.python_wall,
+            "python_two_over_one_cpu": two_remotes.python_cpu,
         },
         "planning": { "rows": rows_json(planning, None) },
         "startup": { "rows": rows_json(startup, None) },
@@ -827,11 +996,7 @@ fn report(options: &Options, backups: &Backups, planning: &Rows, startup: &Rows)
         "goals": goals.iter().map(|(goal, met, value)| serde_json::json!({
             "goal": goal, "met": met, "value": value,
         })).collect::<Vec<_>>(),
-    });
-    let path = report_dir()?.join("bench.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&json)?)?;
-    println!("written to {}", path.display());
-    Ok(())
+    })
 }
 
 #[cfg(test)]

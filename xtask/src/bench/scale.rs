@@ -2,7 +2,9 @@
 //! send protocol 2 cost and give, each against a baseline measured in the same run:
 //!
 //! - a full backup to two remotes (one stream feeding two buckets) against one remote;
-//! - two sources of half the size with `parallel_uploads: 2` against `1`;
+//! - two sources of half the size with `parallel_uploads: 2` against `1`, as they are and
+//!   through a single-threaded `pipe_through` (`gzip -1`), where a stream is bound by its
+//!   producer rather than by the server;
 //! - an upload with `--rate-limit` against the limit;
 //! - a compressible source on a zstd-compressed subvolume, send protocol 2 against 1.
 //!
@@ -44,6 +46,9 @@ struct Figures {
     two_remotes: Vec<Sample>,
     sequential: Vec<Sample>,
     parallel: Vec<Sample>,
+    /// The same through `gzip -1`.
+    gz_sequential: Vec<Sample>,
+    gz_parallel: Vec<Sample>,
     /// Achieved rate over the limit.
     rate: Vec<f64>,
     protocol1: Vec<Measured>,
@@ -72,20 +77,14 @@ pub fn run(options: &Options) -> Result<()> {
     let mut figures = Figures::default();
     for run in 0..options.runs {
         eprintln!("xtask: scale run {run}");
-        // Two full copies, the parallel pair, the rate and protocol sources, with room.
-        let (_server, garage) = fresh_garage(5 * size + (1 << 30))?;
+        // Two full copies, the parallel pairs, the rate and protocol sources, with room.
+        let (_server, garage) = fresh_garage(7 * size + (1 << 30))?;
         let one = scale.update(&garage, run, "one", &["one"], &["one"], 2, &[])?;
         let two = scale.update(&garage, run, "two", &["one"], &["a1", "a2"], 2, &[])?;
-        // Take turns going first.
-        let (sequential, parallel) = if run % 2 == 0 {
-            let s = scale.update(&garage, run, "seq", &["a", "b"], &["s"], 1, &[])?;
-            let p = scale.update(&garage, run, "par", &["a", "b"], &["p"], 2, &[])?;
-            (s, p)
-        } else {
-            let p = scale.update(&garage, run, "par", &["a", "b"], &["p"], 2, &[])?;
-            let s = scale.update(&garage, run, "seq", &["a", "b"], &["s"], 1, &[])?;
-            (s, p)
-        };
+        let (sequential, parallel) = scale.side_by_side(&garage, run, "")?;
+        let (gz_sequential, gz_parallel) = scale.side_by_side(&garage, run, "gz")?;
+        figures.gz_sequential.push(gz_sequential.sample);
+        figures.gz_parallel.push(gz_parallel.sample);
         let limit = format!("{RATE_LIMIT_MIB}MiB/s");
         let rated = scale.update(
             &garage,
@@ -164,6 +163,28 @@ impl Scale {
         Ok(())
     }
 
+    /// Sources `a` and `b` one at a time and side by side (cases `<prefix>seq` and
+    /// `<prefix>par`), taking turns going first.
+    fn side_by_side(
+        &self,
+        garage: &S3Endpoint,
+        run: usize,
+        prefix: &str,
+    ) -> Result<(Measured, Measured)> {
+        let one = |parallel: usize| {
+            let case = format!("{prefix}{}", if parallel == 1 { "seq" } else { "par" });
+            let bucket = if parallel == 1 { "s" } else { "p" };
+            self.update(garage, run, &case, &["a", "b"], &[bucket], parallel, &[])
+        };
+        if run.is_multiple_of(2) {
+            let sequential = one(1)?;
+            Ok((sequential, one(2)?))
+        } else {
+            let parallel = one(2)?;
+            Ok((one(1)?, parallel))
+        }
+    }
+
     /// Runs `update --force` of `sources` (each with a fresh snapshot directory) to new
     /// buckets `buckets` (the `text` source with send protocol 2 when the case is `v2`).
     #[allow(clippy::too_many_arguments)] // one measured case, spelled out
@@ -191,6 +212,9 @@ impl Scale {
                 let _ = writeln!(yaml, "      - id: {bucket}\n        preserve: 1y");
                 if case == "v2" {
                     yaml.push_str("        send_protocol: 2\n");
+                }
+                if case.starts_with("gz") {
+                    yaml.push_str("        pipe_through:\n          - [gzip, \"-1\"]\n");
                 }
             }
         }
@@ -262,6 +286,7 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
     let two_wall = ratio(&wall(&figures.two_remotes), &wall(&figures.one_remote))?;
     let two_cpu = ratio(&cpu(&figures.two_remotes), &cpu(&figures.one_remote))?;
     let speedup = ratio(&wall(&figures.sequential), &wall(&figures.parallel))?;
+    let gz_speedup = ratio(&wall(&figures.gz_sequential), &wall(&figures.gz_parallel))?;
     let rate = median(&figures.rate)?;
     let stream_bytes = |measured: &[Measured]| {
         measured
@@ -296,11 +321,16 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
         mib / 2
     );
     println!(
-        "  the machine's CPUs were busy: one remote {:.0}%, two {:.0}%, one at a time {:.0}%, side by side {:.0}%",
+        "  the same through pipe_through gzip -1 (one core per stream):  {gz_speedup:.2}x faster side by side (goal >= 1.5x)"
+    );
+    println!(
+        "  the machine's CPUs were busy: one remote {:.0}%, two {:.0}%, one at a time {:.0}%, side by side {:.0}%; with gzip one at a time {:.0}%, side by side {:.0}%",
         100.0 * busy(&figures.one_remote)?,
         100.0 * busy(&figures.two_remotes)?,
         100.0 * busy(&figures.sequential)?,
-        100.0 * busy(&figures.parallel)?
+        100.0 * busy(&figures.parallel)?,
+        100.0 * busy(&figures.gz_sequential)?,
+        100.0 * busy(&figures.gz_parallel)?
     );
     println!(
         "  {RATE_MIB} MiB at --rate-limit {RATE_LIMIT_MIB}MiB/s: achieved {:.3}x the limit ({:.3}-{:.3}; goal within 5%)",
@@ -314,11 +344,14 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
         "runs": options.runs,
         "two_remotes_over_one": { "wall": two_wall, "cpu": two_cpu },
         "sequential_over_parallel_wall": speedup,
+        "gzip_sequential_over_parallel_wall": gz_speedup,
         "machine_busy": {
             "one_remote": busy(&figures.one_remote)?,
             "two_remotes": busy(&figures.two_remotes)?,
             "sequential": busy(&figures.sequential)?,
             "parallel": busy(&figures.parallel)?,
+            "gzip_sequential": busy(&figures.gz_sequential)?,
+            "gzip_parallel": busy(&figures.gz_parallel)?,
         },
         "rate_achieved_over_limit": rate.to_json(),
         "protocol2_over_1": { "bytes": bytes_ratio, "wall": protocol_wall },
@@ -327,6 +360,8 @@ fn report(options: &Options, figures: &Figures) -> Result<()> {
             "two_remotes": median(&wall(&figures.two_remotes))?.to_json(),
             "sequential": median(&wall(&figures.sequential))?.to_json(),
             "parallel": median(&wall(&figures.parallel))?.to_json(),
+            "gzip_sequential": median(&wall(&figures.gz_sequential))?.to_json(),
+            "gzip_parallel": median(&wall(&figures.gz_parallel))?.to_json(),
         },
         "stream_bytes": {
             "protocol1": median(&stream_bytes(&figures.protocol1))?.to_json(),
