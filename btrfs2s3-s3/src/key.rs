@@ -265,17 +265,49 @@ pub fn format_ctime(instant: Timestamp, tz: &TimeZone) -> String {
     let sign = if seconds < 0 { '-' } else { '+' };
     let seconds = seconds.unsigned_abs();
     let (hh, mm, ss) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
-    let mut text = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{hh:02}:{mm:02}",
-        local.year(),
-        local.month(),
-        local.day(),
-        local.hour(),
-        local.minute(),
-        local.second(),
-    );
+    let Ok(year) = u16::try_from(local.year()) else {
+        // Years before 1 (jiff goes back to -9999): the general formatter.
+        let mut text = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{hh:02}:{mm:02}",
+            local.year(),
+            local.month(),
+            local.day(),
+            local.hour(),
+            local.minute(),
+            local.second(),
+        );
+        if ss != 0 {
+            let _ = write!(text, ":{ss:02}");
+        }
+        return text;
+    };
+    // Digit by digit: planning formats this for every snapshot and backup, and the general
+    // formatter was a sixth of the time of planning (measured by `simulate`).
+    let mut text = String::with_capacity(28);
+    let digits = |text: &mut String, value: u32, width: u32| {
+        for place in (0..width).rev() {
+            let digit = value / 10u32.pow(place) % 10;
+            text.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+        }
+    };
+    digits(&mut text, u32::from(year), 4);
+    for (separator, value) in [
+        ('-', local.month().unsigned_abs()),
+        ('-', local.day().unsigned_abs()),
+        ('T', local.hour().unsigned_abs()),
+        (':', local.minute().unsigned_abs()),
+        (':', local.second().unsigned_abs()),
+    ] {
+        text.push(separator);
+        digits(&mut text, u32::from(value), 2);
+    }
+    text.push(sign);
+    digits(&mut text, hh, 2);
+    text.push(':');
+    digits(&mut text, mm, 2);
     if ss != 0 {
-        let _ = write!(text, ":{ss:02}");
+        text.push(':');
+        digits(&mut text, ss, 2);
     }
     text
 }
@@ -732,6 +764,30 @@ mod tests {
     }
 
     proptest! {
+        /// The digit-by-digit formatting says what the general formatter says.
+        #[test]
+        fn ctimes_format_as_the_general_formatter_does(
+            second in -62_000_000_000i64..250_000_000_000,
+            zone in proptest::sample::select(&["UTC", "Europe/Berlin", "America/St_Johns", "Asia/Kathmandu", "Africa/Monrovia"][..]),
+        ) {
+            let tz = TimeZone::get(zone).unwrap();
+            let instant = Timestamp::from_second(second).unwrap();
+            let offset = tz.to_offset(instant);
+            let local = offset.to_datetime(instant);
+            let seconds = offset.seconds();
+            let sign = if seconds < 0 { '-' } else { '+' };
+            let seconds = seconds.unsigned_abs();
+            let mut expected = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+                local.year(), local.month(), local.day(), local.hour(), local.minute(), local.second(),
+                seconds / 3600, seconds / 60 % 60,
+            );
+            if !seconds.is_multiple_of(60) {
+                let _ = write!(expected, ":{:02}", seconds % 60);
+            }
+            prop_assert_eq!(format_ctime(instant, &tz), expected);
+        }
+
         #[test]
         fn encode_then_parse_is_the_identity(
             uuid in arb_uuid(),
