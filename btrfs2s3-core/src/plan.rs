@@ -626,7 +626,19 @@ fn snapshot_ref(source: &SourceState, snapshot: &SnapshotState) -> SnapshotRef {
 
 /// Plans one `update` run.
 pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
+    plan_with(assessment, true)
+}
+
+/// The plan [`plan`] makes, without what only output shows: the rows' ctimes and the spans a
+/// kept item is the first of are left empty. The actions are the same. For `simulate`, which
+/// plans a hundred thousand times and shows none of them.
+pub fn plan_decisions(assessment: &Assessment) -> Result<Plan, PlanError> {
+    plan_with(assessment, false)
+}
+
+fn plan_with(assessment: &Assessment, detailed: bool) -> Result<Plan, PlanError> {
     let mut builder = Builder {
+        detailed,
         tz: &assessment.timezone,
         now: assessment.now,
         snapshots: Vec::new(),
@@ -660,6 +672,8 @@ pub fn plan(assessment: &Assessment) -> Result<Plan, PlanError> {
 
 /// The plan under construction; actions are collected by kind and put in order at the end.
 struct Builder<'a> {
+    /// Whether rows get what only output shows (see [`plan_decisions`]).
+    detailed: bool,
     tz: &'a TimeZone,
     now: Timestamp,
     snapshots: Vec<PlannedSnapshot>,
@@ -677,6 +691,28 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Why and how `keep` keeps something (without its spans' descriptions unless detailed).
+    fn summary(&self, keep: &Keep) -> KeepSummary {
+        if self.detailed {
+            KeepSummary::new(keep, self.tz)
+        } else {
+            KeepSummary {
+                reasons: keep.reasons,
+                flags: keep.flags,
+                time_spans: Vec::new(),
+            }
+        }
+    }
+
+    /// A ctime as rows show it (empty unless detailed).
+    fn ctime(&self, instant: Timestamp) -> String {
+        if self.detailed {
+            format_ctime(instant, self.tz)
+        } else {
+            String::new()
+        }
+    }
+
     /// Resolves one (source, remote) pair: its backups are kept, deleted or uploaded; the
     /// snapshots it keeps are merged into `kept_snapshots`.
     fn plan_pair(
@@ -708,7 +744,7 @@ impl Builder<'_> {
         let policy = Policy::new(target.preserve, self.tz.clone(), self.now);
         let resolution = resolve(&source.snapshots, &existing, &policy);
         for (uuid, keep) in &resolution.snapshots {
-            let summary = KeepSummary::new(keep, self.tz);
+            let summary = self.summary(keep);
             match kept_snapshots.get_mut(uuid) {
                 Some(kept) => kept.merge(summary),
                 None => {
@@ -757,7 +793,7 @@ impl Builder<'_> {
     /// this run uploads again under the same key (the upload replaces it), and not in a
     /// bucket with Object Lock, where such pieces may be locked (they stay, and are listed).
     fn plan_cleanups(&mut self, source: &SourceState, remote: &RemoteState) {
-        if remote.lock_enabled {
+        if remote.lock_enabled || (remote.broken.is_empty() && remote.leftovers.is_empty()) {
             return;
         }
         let uploading: BTreeSet<&str> = self
@@ -832,7 +868,7 @@ impl Builder<'_> {
                 }
                 .into());
             }
-            let summary = keep.map(|kept| KeepSummary::new(&kept.keep, self.tz));
+            let summary = keep.map(|kept| self.summary(&kept.keep));
             let keep_until = keep.map(|kept| kept.keep_until);
             let hold = holds.until(backup.meta.uuid);
             let lock = match (remote.object_lock, hold) {
@@ -864,7 +900,7 @@ impl Builder<'_> {
                 source: source.path.clone(),
                 uuid: backup.meta.uuid,
                 send_parent: backup.meta.send_parent_uuid,
-                ctime: format_ctime(backup.meta.ctime, self.tz),
+                ctime: self.ctime(backup.meta.ctime),
                 ctransid: backup.meta.ctransid,
                 size: Some(backup.size),
                 storage_class: backup.storage_class.clone(),
@@ -896,7 +932,7 @@ impl Builder<'_> {
             ctime: Timestamp::from_second(snapshot.ctime.as_second()).unwrap_or(snapshot.ctime),
         };
         let key: Arc<str> = meta.key(&source.name, self.tz).into();
-        let summary = KeepSummary::new(&kept.keep, self.tz);
+        let summary = self.summary(&kept.keep);
         let storage_class = target.storage_classes.as_ref().map(|classes| {
             let kept_for = kept.keep.time_spans.iter().map(TimeSpan::timeframe);
             classes.choose(kept_for, kept.keep_until, self.now)
@@ -911,7 +947,7 @@ impl Builder<'_> {
             source: source.path.clone(),
             uuid: snapshot.uuid,
             send_parent: meta.send_parent_uuid,
-            ctime: format_ctime(snapshot.ctime, self.tz),
+            ctime: self.ctime(snapshot.ctime),
             ctransid: meta.ctransid,
             size: None,
             storage_class: storage_class.clone(),
@@ -1015,7 +1051,7 @@ impl Builder<'_> {
                 target_name,
                 id: snapshot.id,
                 uuid: snapshot.uuid,
-                ctime: format_ctime(snapshot.ctime, self.tz),
+                ctime: self.ctime(snapshot.ctime),
                 ctransid: snapshot.ctransid,
                 origin: snapshot.origin,
                 keep,
