@@ -12,11 +12,13 @@
 //! | 3 | another run of the same config holds the lock |
 #![forbid(unsafe_code)]
 
+mod chart;
 mod daemon;
 mod output;
 mod paint;
 mod progress;
 mod remotes;
+mod simulate;
 mod update;
 
 use std::path::PathBuf;
@@ -87,6 +89,9 @@ enum Command {
     /// Show each source's newest backup in each remote, its age, and broken chains; exit 1
     /// if one is too old (--max-age) or broken.
     Status(daemon::StatusArgs),
+    /// Simulate policies over the years before the first upload: objects and GiB stored by
+    /// storage class, uploads and deletes, restore chains, and what it all costs per month.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Arguments of `update`.
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::daemon(&args),
         Command::Status(args) => daemon::status(&args),
         Command::Check(args) => daemon::check(&args),
+        Command::Simulate(args) => simulate::run(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "btrfs2s3", &mut std::io::stdout());

@@ -930,7 +930,7 @@ fn parse_pipe_through(
 }
 
 /// Whether `class` looks like a storage class: `STANDARD_IA`, `GLACIER`...
-fn is_class_name(class: &str) -> bool {
+pub(crate) fn is_class_name(class: &str) -> bool {
     class.starts_with(|c: char| c.is_ascii_uppercase())
         && class
             .chars()

@@ -27,6 +27,7 @@ pub mod restore;
 pub mod run;
 #[cfg(test)]
 mod safety;
+pub mod simulate;
 pub mod storage;
 pub mod text;
 pub mod tree;

@@ -104,6 +104,50 @@ impl StorageClasses {
     }
 }
 
+/// Storage classes as a command line gives them: one class (`STANDARD_IA`), or classes by
+/// unit (`y=DEEP_ARCHIVE,m=GLACIER_IR,default=STANDARD`). Units `preserve` keeps no backups
+/// of are left out (one argument can serve several policies).
+///
+/// ```
+/// use btrfs2s3_core::storage::parse_classes;
+/// use btrfs2s3_policy::Timeframe;
+///
+/// let classes = parse_classes("y=DEEP_ARCHIVE,d=GLACIER_IR,default=STANDARD_IA", &"1y 30d".parse()?)?;
+/// assert_eq!(classes.by_timeframe[&Timeframe::Years], "DEEP_ARCHIVE");
+/// assert_eq!(classes.default.as_deref(), Some("STANDARD_IA"));
+/// assert!(parse_classes("y=deep", &"1y".parse()?).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn parse_classes(
+    text: &str,
+    preserve: &btrfs2s3_policy::Params,
+) -> Result<StorageClasses, String> {
+    let mut classes = StorageClasses::default();
+    for part in text.split(',').map(str::trim) {
+        let (unit, class) = part.split_once('=').unwrap_or(("default", part));
+        let (unit, class) = (unit.trim(), class.trim());
+        if !crate::config::is_class_name(class) {
+            return Err(format!(
+                "{class:?} is not a storage class (like STANDARD_IA or DEEP_ARCHIVE: capital letters, digits and _)"
+            ));
+        }
+        if unit == "default" {
+            classes.default = Some(class.to_owned());
+            continue;
+        }
+        let mut chars = unit.chars();
+        let timeframe = match (chars.next(), chars.next()) {
+            (Some(c), None) => Timeframe::ALL.into_iter().find(|t| t.unit() == c),
+            _ => None,
+        }
+        .ok_or_else(|| format!("{unit:?} is not a unit (y, q, m, w, d, h, M, s) or `default`"))?;
+        if preserve.count(timeframe) > 0 {
+            classes.by_timeframe.insert(timeframe, class.to_owned());
+        }
+    }
+    Ok(classes)
+}
+
 /// Object lock of a remote's new backups (`object_lock:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockSettings {

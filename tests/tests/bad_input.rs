@@ -603,6 +603,73 @@ fn malformed_command_lines_exit_2() {
     assert!(fixture.snapshot_names().is_empty());
 }
 
+/// `simulate` needs no btrfs and no server: its bad input is refused before it starts.
+#[test]
+fn malformed_simulate_command_lines_exit_2() {
+    let simulate = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["simulate", "--preserve", "1y", "--size", "1GiB"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let owned = |args: &[&str]| -> Vec<String> { args.iter().map(|a| (*a).to_owned()).collect() };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            owned(&["simulate", "--size", "1GiB"]),
+            "nothing to simulate",
+        ),
+        (
+            owned(&["simulate", "--preserve", "1y", "--change", "1GiB/day"]),
+            "--size is needed",
+        ),
+        (
+            owned(&[
+                "simulate",
+                "--preserve",
+                "1y 1z",
+                "--size",
+                "1GiB",
+                "--change",
+                "1GiB/day",
+            ]),
+            "--preserve \"1y 1z\"",
+        ),
+        (
+            simulate(&["--change", "1GiB"]),
+            "--change: expected a size per day",
+        ),
+        (
+            simulate(&[
+                "--change",
+                "1GiB/day",
+                "--prices",
+                "/nonexistent/prices.yaml",
+            ]),
+            "not aws, b2 or wasabi",
+        ),
+        (
+            simulate(&["--change", "1GiB/day", "--storage-class", "y=deep"]),
+            "--storage-class: \"deep\" is not a storage class",
+        ),
+        (
+            simulate(&["--change", "1GiB/day", "--every", "1s", "--years", "50"]),
+            "too many to simulate",
+        ),
+        (simulate(&["--years", "0"]), "invalid value '0'"),
+    ];
+    for (args, expect) in cases {
+        let output = Command::new(support::binary())
+            .args(&args)
+            .output()
+            .unwrap();
+        let message = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        assert!(
+            message.contains(expect),
+            "{args:?}: expected {expect:?} in {message}"
+        );
+    }
+}
+
 /// What a failure of the network or the server prints must be one line a person can act
 /// on: what failed, on what, why in plain words, and what to do; no debug structures.
 fn assert_plain(output: &std::process::Output, expect: &[&str], context: &str) {
