@@ -1,0 +1,93 @@
+//! The send stream parser against what `btrfs send` really writes: protocol 1 and 2 (with
+//! compressed extents), full and differential, as stored in the bucket, and damaged copies.
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+
+use btrfs2s3_stream::{Error, Kind, Parser};
+use btrfs2s3_tests::TestEnv;
+use support::{Fixture, run};
+
+/// The kinds of a stream's commands; every checksum checked.
+fn kinds(stream: &[u8]) -> Result<Vec<Kind>, Error> {
+    let mut parser = Parser::new(stream)?;
+    let mut kinds = Vec::new();
+    while let Some(command) = parser.next_command()? {
+        kinds.push(command.kind());
+    }
+    Ok(kinds)
+}
+
+#[test]
+fn real_send_streams_parse_with_every_checksum_checked() {
+    let Some(env) = TestEnv::get("real_send_streams_parse_with_every_checksum_checked") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "stream", &["moto"]);
+    fixture.write_config("1y 1d", &[]);
+    // Compressed on disk, so that protocol 2 sends encoded writes.
+    run(Command::new("btrfs")
+        .args(["property", "set"])
+        .arg(&fixture.source)
+        .args(["compression", "zstd"]));
+    std::fs::create_dir(fixture.source.join("dir")).unwrap();
+    std::os::unix::fs::symlink("dir/log", fixture.source.join("link")).unwrap();
+    fixture.write(
+        "dir/log",
+        &b"a line of a log, much like the others\n".repeat(50_000),
+    );
+    fixture.update(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::rename(fixture.source.join("dir"), fixture.source.join("moved")).unwrap();
+    fixture.write("new", b"new file");
+    fixture.update(&[]);
+
+    // The backups as stored: a full and a differential stream.
+    let mut streams: Vec<Vec<u8>> = fixture
+        .keys(0)
+        .iter()
+        .map(|key| fixture.download(0, key))
+        .collect();
+    streams.sort_by_key(Vec::len);
+    let diff = kinds(&streams[0]).unwrap();
+    let full = kinds(&streams[1]).unwrap();
+    assert_eq!(full.first(), Some(&Kind::Subvol), "{full:?}");
+    assert_eq!(diff.first(), Some(&Kind::Snapshot), "{diff:?}");
+    for kinds in [&full, &diff] {
+        assert_eq!(kinds.last(), Some(&Kind::End));
+    }
+    assert!(full.contains(&Kind::Symlink) && full.contains(&Kind::Write));
+    assert!(diff.contains(&Kind::Rename) && diff.contains(&Kind::Write));
+
+    // Protocol 2 with compressed data: the extents as stored.
+    let snapshot = fixture.snapshots.join(&fixture.snapshot_names()[0]);
+    let v2 = fixture.dir.join("v2.stream");
+    run(Command::new("btrfs")
+        .args(["send", "-q", "--proto", "2", "--compressed-data", "-f"])
+        .arg(&v2)
+        .arg(&snapshot));
+    let v2 = std::fs::read(&v2).unwrap();
+    assert_eq!(Parser::new(v2.as_slice()).unwrap().version(), 2);
+    let encoded = kinds(&v2).unwrap();
+    assert!(encoded.contains(&Kind::EncodedWrite), "{encoded:?}");
+    assert!(
+        v2.len() < streams[1].len() / 4,
+        "compressed extents travel compressed"
+    );
+
+    // A damaged byte is found where it is; a cut stream is never whole.
+    let mut damaged = streams[1].clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    let error = kinds(&damaged).unwrap_err();
+    assert!(
+        matches!(error, Error::BadChecksum { offset, .. } if offset <= middle as u64),
+        "{error}"
+    );
+    assert!(error.to_string().contains("is damaged"), "{error}");
+    let error = kinds(&streams[1][..middle]).unwrap_err();
+    assert!(matches!(error, Error::Truncated { .. }), "{error}");
+}
