@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 mod crc;
+pub mod model;
 
 use std::io::Read;
 

@@ -7,6 +7,7 @@ mod support;
 
 use std::process::Command;
 
+use btrfs2s3_stream::model::{Tree, check};
 use btrfs2s3_stream::{Error, Kind, Parser};
 use btrfs2s3_tests::TestEnv;
 use support::{Fixture, run};
@@ -62,6 +63,17 @@ fn real_send_streams_parse_with_every_checksum_checked() {
     assert!(full.contains(&Kind::Symlink) && full.contains(&Kind::Write));
     assert!(diff.contains(&Kind::Rename) && diff.contains(&Kind::Write));
 
+    // Both apply to the tree model: the full one to an empty tree, the differential to the
+    // full one's tree.
+    let mut tree = Tree::new();
+    check(streams[1].as_slice(), &mut tree).unwrap();
+    assert!(tree.ended());
+    assert!(tree.get(b"dir/log").is_some() && tree.get(b"link").is_some());
+    let mut next = Tree::from_parent(&tree);
+    check(streams[0].as_slice(), &mut next).unwrap();
+    assert!(next.get(b"moved/log").is_some() && next.get(b"dir").is_none());
+    assert!(next.get(b"new").is_some());
+
     // Protocol 2 with compressed data: the extents as stored.
     let snapshot = fixture.snapshots.join(&fixture.snapshot_names()[0]);
     let v2 = fixture.dir.join("v2.stream");
@@ -72,6 +84,7 @@ fn real_send_streams_parse_with_every_checksum_checked() {
     let v2 = std::fs::read(&v2).unwrap();
     assert_eq!(Parser::new(v2.as_slice()).unwrap().version(), 2);
     let encoded = kinds(&v2).unwrap();
+    check(v2.as_slice(), &mut Tree::new()).unwrap();
     assert!(encoded.contains(&Kind::EncodedWrite), "{encoded:?}");
     assert!(
         v2.len() < streams[1].len() / 4,
