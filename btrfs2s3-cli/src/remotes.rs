@@ -451,8 +451,22 @@ pub struct VerifyArgs {
     /// `restore`.
     #[arg(long = "pipe-through", value_name = "CMD")]
     pub pipe_through: Vec<String>,
+    /// What reads the streams: `btrfs` (`btrfs receive --dump`) or `builtin` (btrfs2s3's own
+    /// parser, which also applies every path to a model of the tree, and needs no
+    /// btrfs-progs). Default: `btrfs` when it is installed, else `builtin`.
+    #[arg(long, value_enum, value_name = "PARSER")]
+    pub parser: Option<ParserArg>,
     #[command(flatten)]
     pub archive: ArchiveArgs,
+}
+
+/// `--parser`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ParserArg {
+    /// `btrfs receive --dump`.
+    Btrfs,
+    /// btrfs2s3's own parser.
+    Builtin,
 }
 
 /// What `verify` finds, one line per backup on standard output.
@@ -513,10 +527,20 @@ pub fn verify(args: &VerifyArgs) -> u8 {
         Ok(commands) => commands,
         Err(code) => return code,
     };
+    let btrfs_installed = || {
+        btrfs2s3_core::trust::resolve_program("btrfs", btrfs2s3_core::trust::Trustee::current())
+            .is_ok()
+    };
+    let parser = match args.parser {
+        Some(ParserArg::Btrfs) => run::StreamParser::Btrfs,
+        None if btrfs_installed() => run::StreamParser::Btrfs,
+        Some(ParserArg::Builtin) | None => run::StreamParser::Builtin,
+    };
     let options = VerifyOptions {
         uuid: args.uuid.clone(),
         pipe_through,
         archive: args.archive.options(),
+        parser,
     };
     let lines = VerifyLines(Progress::new(std::io::stderr().is_terminal()));
     crate::with_runtime(|cancel| async move {

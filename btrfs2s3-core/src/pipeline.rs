@@ -84,6 +84,12 @@ pub enum PipelineError {
         /// What `btrfs receive` said.
         source: Box<PipelineError>,
     },
+    /// The stream is not a whole, well-formed send stream (checked by btrfs2s3 itself).
+    #[snafu(display("the stream does not check out"))]
+    Stream {
+        /// What is wrong, and at which byte.
+        source: btrfs2s3_stream::model::ApplyError,
+    },
     /// A worker thread died.
     #[snafu(display("internal error: {message}"))]
     Internal {
@@ -285,6 +291,12 @@ impl Chain {
     /// a command that exited with a status of its own is preferred over one killed by
     /// SIGPIPE (its reader died) or SIGKILL (we stopped it after another failure).
     async fn wait(self) -> Option<PipelineError> {
+        self.wait_ranked().await.map(|(_, failure)| failure)
+    }
+
+    /// [`Chain::wait`], with whether the failure is collateral (1: killed by SIGPIPE or
+    /// SIGKILL) or a command's own (0).
+    async fn wait_ranked(self) -> Option<(u8, PipelineError)> {
         use std::os::unix::process::ExitStatusExt;
         let mut failures = Vec::new();
         for mut running in self.running {
@@ -310,7 +322,7 @@ impl Chain {
         }
         // The sort is stable: among equals, the first command wins.
         failures.sort_by_key(|(rank, _)| *rank);
-        failures.into_iter().next().map(|(_, failure)| failure)
+        failures.into_iter().next()
     }
 }
 
@@ -584,6 +596,96 @@ pub async fn download_into<K: AsRef<str> + Sync>(
         (_, Err(error)) if network_failure => Err(error),
         (Some(failure), _) => Err(failure),
         (None, downloaded) => downloaded,
+    }
+}
+
+/// Streams backup `key` of `remote` (its first piece, then its other `pieces`) through
+/// `commands` (`pipe_through` undone: decryption, decompression) into btrfs2s3's own send
+/// stream parser, which checks every command's checksum and applies the stream to `tree` (an
+/// empty one for a full backup, its parent's for a differential) without writing anything.
+/// Returns the bytes downloaded and the tree as the stream left it.
+pub async fn download_checked<K: AsRef<str> + Sync>(
+    remote: &Remote,
+    key: &str,
+    pieces: &[K],
+    commands: &[PipeCommand],
+    mut tree: btrfs2s3_stream::model::Tree,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(u64, btrfs2s3_stream::model::Tree), PipelineError> {
+    // The stream reaches the parser through a pipe: the last command's output, or ours.
+    let (mut chain, reader, mut writer): (
+        Option<Chain>,
+        std::fs::File,
+        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    ) = if commands.is_empty() {
+        let (reader, writer) = std::io::pipe().map_err(|source| PipelineError::Pipe { source })?;
+        let writer = std::fs::File::from(OwnedFd::from(writer));
+        (
+            None,
+            std::fs::File::from(OwnedFd::from(reader)),
+            Box::new(tokio::fs::File::from_std(writer)),
+        )
+    } else {
+        let (mut chain, started) =
+            Chain::spawn("command", commands, Stdio::piped(), Stdio::piped());
+        let ends = started.and_then(|()| match (chain.first_stdin(), chain.last_stdout()) {
+            (Some(stdin), Some(stdout)) => {
+                let fd = stdout
+                    .into_owned_fd()
+                    .map_err(|source| PipelineError::Pipe { source })?;
+                // The parser reads in a blocking thread.
+                let _ = nix::fcntl::fcntl(
+                    &fd,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+                );
+                Ok((std::fs::File::from(fd), stdin))
+            }
+            _ => Err(PipelineError::Internal {
+                message: "the commands have no pipes".to_owned(),
+            }),
+        });
+        match ends {
+            Ok((reader, stdin)) => (Some(chain), reader, Box::new(stdin)),
+            Err(error) => {
+                chain.kill();
+                let _ = chain.wait().await;
+                return Err(error);
+            }
+        }
+    };
+    let parsing = tokio::task::spawn_blocking(move || {
+        let reader = std::io::BufReader::with_capacity(PIPE_CAPACITY as usize, reader);
+        let checked = btrfs2s3_stream::model::check(reader, &mut tree);
+        (checked, tree)
+    });
+    let downloaded = remote
+        .download_backup(key, pieces, &mut writer, progress)
+        .await;
+    // The end of the stream for the first command (or the parser).
+    drop(writer);
+    if downloaded.is_err()
+        && let Some(chain) = &mut chain
+    {
+        chain.kill();
+    }
+    let (checked, tree) = parsing.await.map_err(|error| PipelineError::Internal {
+        message: format!("the stream checker failed: {error}"),
+    })?;
+    let failed_command = match chain {
+        Some(chain) => chain.wait_ranked().await,
+        None => None,
+    };
+    // A download that broke off on the network side is the cause; then a command that
+    // failed on its own (a wrong key for gpg); then what the parser found; then a command
+    // stopped because the parser stopped reading.
+    match (downloaded, failed_command, checked) {
+        (Err(source), _, _) if !matches!(source, btrfs2s3_s3::Error::WriteDownload { .. }) => {
+            Err(PipelineError::Storage { source })
+        }
+        (_, Some((rank, failure)), checked) if rank == 0 || checked.is_ok() => Err(failure),
+        (_, _, Err(source)) => Err(PipelineError::Stream { source }),
+        (Err(source), _, Ok(_)) => Err(PipelineError::Storage { source }),
+        (Ok(size), _, Ok(_)) => Ok((size, tree)),
     }
 }
 

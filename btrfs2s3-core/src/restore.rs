@@ -102,6 +102,19 @@ pub fn receive_chain(
         .collect()
 }
 
+/// The commands that undo `pipe_through` on a stream's way back (for btrfs2s3's own parser,
+/// which reads their output), looked up and checked like the config's.
+pub fn undo_chain(
+    pipe_through: &[Vec<String>],
+    trustee: Trustee,
+) -> Result<Vec<PipeCommand>, Untrusted> {
+    pipe_through
+        .iter()
+        .cloned()
+        .map(|argv| PipeCommand::resolved(argv, trustee))
+        .collect()
+}
+
 /// Streams backup `key` (with its other `pieces`) through `commands` (see [`receive_chain`])
 /// into DEST. If that fails,
 /// the half-received subvolume it leaves (writable, without a received uuid) is deleted, so

@@ -104,3 +104,52 @@ fn real_send_streams_parse_with_every_checksum_checked() {
     let error = kinds(&streams[1][..middle]).unwrap_err();
     assert!(matches!(error, Error::Truncated { .. }), "{error}");
 }
+
+#[test]
+fn verify_with_the_builtin_parser_needs_no_btrfs_progs() {
+    let Some(env) = TestEnv::get("verify_with_the_builtin_parser_needs_no_btrfs_progs") else {
+        return;
+    };
+    // Plain streams, and streams through gzip (the parser reads gunzip's output).
+    for (name, pipe_through) in [("plain", &[][..]), ("gzip", &[&["gzip"][..]][..])] {
+        let fixture = Fixture::new(env, &format!("builtin{name}"), &["moto"]);
+        fixture.write_config("1y 1d", pipe_through);
+        std::fs::create_dir(fixture.source.join("dir")).unwrap();
+        fixture.write("dir/a", &vec![3u8; 200_000]);
+        fixture.update(&[]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::rename(fixture.source.join("dir"), fixture.source.join("moved")).unwrap();
+        fixture.write("moved/b", b"b");
+        fixture.update(&[]);
+        let mut args = vec!["verify", "--parser", "builtin"];
+        if !pipe_through.is_empty() {
+            args.extend(["--pipe-through", "gunzip"]);
+        }
+        let verify = fixture.btrfs2s3(&args);
+        let stdout = String::from_utf8_lossy(&verify.stdout).into_owned();
+        assert!(
+            verify.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        assert_eq!(stdout.matches(": ok").count(), 2, "{name}: {stdout}");
+        if !pipe_through.is_empty() {
+            continue;
+        }
+        // A damaged byte in the full backup: named with its offset.
+        let mut keys = fixture.keys(0);
+        keys.sort_by_key(|key| fixture.download(0, key).len());
+        let full = keys.last().unwrap();
+        let mut bytes = fixture.download(0, full);
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        fixture.put(0, full, &bytes);
+        let verify = fixture.btrfs2s3(&args);
+        let stdout = String::from_utf8_lossy(&verify.stdout).into_owned();
+        assert_eq!(verify.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains("is damaged") && stdout.contains("at byte"),
+            "{stdout}"
+        );
+    }
+}

@@ -166,9 +166,15 @@ mod tests {
             ("btrfs2s3-policy", &[][..]),
             ("btrfs2s3-btrfs", &[][..]),
             ("btrfs2s3-s3", &[][..]),
+            ("btrfs2s3-stream", &[][..]),
             (
                 "btrfs2s3-core",
-                &["btrfs2s3-policy", "btrfs2s3-btrfs", "btrfs2s3-s3"][..],
+                &[
+                    "btrfs2s3-policy",
+                    "btrfs2s3-btrfs",
+                    "btrfs2s3-s3",
+                    "btrfs2s3-stream",
+                ][..],
             ),
             ("btrfs2s3-cli", &["btrfs2s3-core", "btrfs2s3-policy"][..]),
         ]);
@@ -194,7 +200,10 @@ mod tests {
         let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         let mut offenders = Vec::new();
         for (dir, forbidden) in [
-            ("btrfs2s3-cli/src", &["btrfs2s3_btrfs", "btrfs2s3_s3"][..]),
+            (
+                "btrfs2s3-cli/src",
+                &["btrfs2s3_btrfs", "btrfs2s3_s3", "btrfs2s3_stream"][..],
+            ),
             (
                 "btrfs2s3-core/src",
                 &["pub use btrfs2s3_btrfs", "pub use btrfs2s3_s3"][..],

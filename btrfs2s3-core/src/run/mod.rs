@@ -12,9 +12,9 @@ mod update;
 pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
 pub use check::{CheckLine, check};
 pub use read::{
-    BackupLabel, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport, Target,
-    TargetError, Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport, VerifyUi, list,
-    make_restorable, prepare_restore, restore, verify,
+    BackupLabel, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport,
+    StreamParser, Target, TargetError, Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport,
+    VerifyUi, list, make_restorable, prepare_restore, restore, verify,
 };
 pub use status::{NewestBackup, PairStatus, StatusOptions, StatusReport, status};
 pub use update::{

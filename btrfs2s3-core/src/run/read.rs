@@ -442,6 +442,88 @@ pub struct VerifyOptions {
     pub pipe_through: Vec<Vec<String>>,
     /// How to make archived backups readable.
     pub archive: ArchiveOptions,
+    /// What reads the streams.
+    pub parser: StreamParser,
+}
+
+/// The trees of the backups checked by the builtin parser that a selected differential still
+/// needs: a differential is applied to its send parent's tree when the parent was checked in
+/// the same run (parents come first), else with the parent's names trusted.
+struct Trees {
+    by_uuid: std::collections::HashMap<uuid::Uuid, btrfs2s3_stream::model::Tree>,
+    /// How many selected backups not checked yet are sent against each backup.
+    children: std::collections::HashMap<uuid::Uuid, usize>,
+}
+
+impl Trees {
+    fn new(selected: &[&BackupState]) -> Trees {
+        let mut children = std::collections::HashMap::new();
+        for backup in selected {
+            if let Some(parent) = backup.meta.send_parent_uuid {
+                *children.entry(parent).or_insert(0) += 1;
+            }
+        }
+        Trees {
+            by_uuid: std::collections::HashMap::new(),
+            children,
+        }
+    }
+
+    async fn check(
+        &mut self,
+        client: &btrfs2s3_s3::Remote,
+        backup: &BackupState,
+        commands: &[crate::pipeline::PipeCommand],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, crate::pipeline::PipelineError> {
+        use btrfs2s3_stream::model::Tree;
+        let start = match backup.meta.send_parent_uuid {
+            None => Tree::new(),
+            Some(parent) => {
+                let start = self
+                    .by_uuid
+                    .get(&parent)
+                    .map_or_else(Tree::new, Tree::from_parent);
+                // A parent whose children are all checked is let go.
+                if let Some(left) = self.children.get_mut(&parent) {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.by_uuid.remove(&parent);
+                    }
+                }
+                start
+            }
+        };
+        let (size, tree) = crate::pipeline::download_checked(
+            client,
+            &backup.key,
+            &backup.pieces,
+            commands,
+            start,
+            progress,
+        )
+        .await?;
+        // Kept while a selected backup is sent against it.
+        if self
+            .children
+            .get(&backup.meta.uuid)
+            .is_some_and(|left| *left > 0)
+        {
+            self.by_uuid.insert(backup.meta.uuid, tree);
+        }
+        Ok(size)
+    }
+}
+
+/// What checks a stream in `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamParser {
+    /// `btrfs receive --dump` (btrfs-progs): every command and checksum.
+    Btrfs,
+    /// btrfs2s3's own parser: every checksum, and every path applied to a model of the tree
+    /// (a differential to its parent's, when the parent was checked in the same run). Needs
+    /// no btrfs-progs.
+    Builtin,
 }
 
 /// What `verify` found about one backup, or about a remote's selection.
@@ -495,7 +577,12 @@ pub async fn verify(
     ui: &impl VerifyUi,
     cancel: &Cancel,
 ) -> Result<VerifyReport, ReadError> {
-    let commands = restore::receive_chain(&options.pipe_through, None, Trustee::current())?;
+    let commands = match options.parser {
+        StreamParser::Btrfs => {
+            restore::receive_chain(&options.pipe_through, None, Trustee::current())?
+        }
+        StreamParser::Builtin => restore::undo_chain(&options.pipe_through, Trustee::current())?,
+    };
     let mut report = VerifyReport {
         checked: 0,
         problems: 0,
@@ -542,6 +629,7 @@ pub async fn verify(
         return Ok(report);
     }
     for (remote, client, catalog, selected) in selections {
+        let mut trees = Trees::new(&selected);
         // Chains first: a backup whose send parent is gone cannot be restored, however
         // intact its bytes are.
         let mut broken = BTreeSet::new();
@@ -556,7 +644,7 @@ pub async fn verify(
                 report.problems += 1;
             }
         }
-        for backup in selected {
+        for &backup in &selected {
             let ctime = btrfs2s3_s3::format_ctime(backup.meta.ctime, &target.timezone);
             let label = BackupLabel::of_backup(backup, &ctime);
             let transfer = Transfer::Verify {
@@ -565,8 +653,12 @@ pub async fn verify(
             };
             ui.started(transfer);
             let progress = |bytes| ui.progress(bytes);
-            let result =
-                restore::verify(client, &backup.key, &backup.pieces, &commands, &progress).await;
+            let result = match options.parser {
+                StreamParser::Btrfs => {
+                    restore::verify(client, &backup.key, &backup.pieces, &commands, &progress).await
+                }
+                StreamParser::Builtin => trees.check(client, backup, &commands, &progress).await,
+            };
             ui.finished(transfer, &result);
             // A stream cut short by a signal says nothing about the backup.
             if cancel.is_cancelled() {
