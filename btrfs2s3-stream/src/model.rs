@@ -3,9 +3,9 @@
 //! creates does not), that directories are removed only when empty, and that the stream
 //! ends with its `end` command — what `btrfs receive` would stumble on, found without btrfs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use crate::{Attribute, Command, Error, Kind};
+use crate::{Attribute, Command, Error, Kind, Timespec};
 
 /// What a name in the tree is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,48 @@ pub enum Node {
     /// A device node, FIFO or socket.
     Special,
 }
+
+/// What the stream says of one inode (shared by its hard links).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    /// What it is.
+    pub node: Node,
+    /// Its mode (permission bits and the rest `chmod` sets; for a device node, `mknod`'s).
+    pub mode: u64,
+    /// Its owner.
+    pub uid: u64,
+    /// Its group.
+    pub gid: u64,
+    /// Its size: the end of the furthest write, clone or allocation, or what `truncate` set.
+    pub size: u64,
+    /// Its modification time, once `utimes` set it.
+    pub mtime: Option<Timespec>,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+    /// A device node's device number.
+    pub rdev: u64,
+}
+
+impl Inode {
+    fn new(node: Node) -> Inode {
+        Inode {
+            node,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: None,
+            target: None,
+            rdev: 0,
+        }
+    }
+}
+
+/// The inode number of a subvolume's root directory.
+const ROOT_INO: u64 = 256;
+
+/// `fallocate`'s mode bit that leaves the size alone (`FALLOC_FL_KEEP_SIZE`).
+const KEEP_SIZE: u64 = 1;
 
 /// A command that does not apply to the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +95,12 @@ impl std::error::Error for Misfit {}
 pub struct Tree {
     /// Every name, by its path from the subvolume's root (the root is the empty path).
     nodes: BTreeMap<Vec<u8>, Node>,
+    /// The inode of each name.
+    inos: HashMap<Vec<u8>, u64>,
+    /// What the stream said of each inode.
+    inodes: HashMap<u64, Inode>,
+    /// Inode numbers for names of a parent snapshot this model has not seen.
+    next_unknown: u64,
     /// Whether the tree started from a parent snapshot this model has not seen: paths it
     /// does not know may exist there, so only what the stream itself creates is checked.
     unknown_base: bool,
@@ -78,6 +126,9 @@ impl Tree {
     pub fn from_parent(parent: &Tree) -> Tree {
         Tree {
             nodes: parent.nodes.clone(),
+            inos: parent.inos.clone(),
+            inodes: parent.inodes.clone(),
+            next_unknown: parent.next_unknown,
             unknown_base: parent.unknown_base,
             ended: false,
         }
@@ -99,6 +150,83 @@ impl Tree {
     #[must_use]
     pub fn get(&self, path: &[u8]) -> Option<Node> {
         self.nodes.get(path).copied()
+    }
+
+    /// What the stream said of the inode behind `path`.
+    #[must_use]
+    pub fn inode(&self, path: &[u8]) -> Option<&Inode> {
+        self.inos.get(path).and_then(|ino| self.inodes.get(ino))
+    }
+
+    /// Every name with its inode, in path order (the root first, as the empty path).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &Inode)> {
+        self.nodes.keys().filter_map(|path| {
+            let inode = self.inode(path)?;
+            Some((path.as_slice(), inode))
+        })
+    }
+
+    /// The inode behind `path`, to change (a name of an unseen parent gets one).
+    fn inode_mut(&mut self, path: &[u8]) -> Option<&mut Inode> {
+        let ino = *self.inos.get(path)?;
+        self.inodes.get_mut(&ino)
+    }
+
+    /// Records what a command says of its path's inode: owner, mode, times, size.
+    fn record(&mut self, command: &Command) -> Result<(), Error> {
+        let path = command.path(Attribute::Path)?;
+        let end = |length: u64| -> Result<u64, Error> {
+            Ok(command.u64(Attribute::FileOffset)?.saturating_add(length))
+        };
+        let size = match command.kind() {
+            Kind::Write => Some(end(command.required(Attribute::Data)?.len() as u64)?),
+            Kind::EncodedWrite => Some(end(command.u64(Attribute::UnencodedFileLen)?)?),
+            Kind::Clone => Some(end(command.u64(Attribute::CloneLen)?)?),
+            Kind::UpdateExtent => Some(end(command.u64(Attribute::Size)?)?),
+            Kind::Fallocate if command.u64(Attribute::FallocateMode)? & KEEP_SIZE == 0 => {
+                Some(end(command.u64(Attribute::Size)?)?)
+            }
+            _ => None,
+        };
+        let truncate = if command.kind() == Kind::Truncate {
+            Some(command.u64(Attribute::Size)?)
+        } else {
+            None
+        };
+        let mode = if command.kind() == Kind::Chmod {
+            Some(command.u64(Attribute::Mode)?)
+        } else {
+            None
+        };
+        let owner = if command.kind() == Kind::Chown {
+            Some((command.u64(Attribute::Uid)?, command.u64(Attribute::Gid)?))
+        } else {
+            None
+        };
+        let mtime = if command.kind() == Kind::Utimes {
+            Some(command.timespec(Attribute::Mtime)?)
+        } else {
+            None
+        };
+        if let Some(inode) = self.inode_mut(path) {
+            if let Some(size) = size {
+                inode.size = inode.size.max(size);
+            }
+            if let Some(size) = truncate {
+                inode.size = size;
+            }
+            if let Some(mode) = mode {
+                inode.mode = mode;
+            }
+            if let Some((uid, gid)) = owner {
+                inode.uid = uid;
+                inode.gid = gid;
+            }
+            if mtime.is_some() {
+                inode.mtime = mtime;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the stream's `end` command was applied.
@@ -146,15 +274,14 @@ impl Tree {
         }
         match command.kind() {
             Kind::Subvol => {
-                self.nodes.clear();
-                self.nodes.insert(Vec::new(), Node::Directory);
-                self.unknown_base = false;
+                *self = Tree::new();
+                self.add(Vec::new(), ROOT_INO, Inode::new(Node::Directory));
             }
             Kind::Snapshot => {
                 if self.nodes.is_empty() {
                     // No parent tree given: check what the stream creates, trust the rest.
                     self.unknown_base = true;
-                    self.nodes.insert(Vec::new(), Node::Directory);
+                    self.add(Vec::new(), ROOT_INO, Inode::new(Node::Directory));
                 }
             }
             Kind::Mkfile
@@ -164,7 +291,7 @@ impl Tree {
             | Kind::Mksock
             | Kind::Symlink => {
                 let path = command.path(Attribute::Path)?;
-                self.create(path, command.kind())
+                self.create(path, command)
                     .map_err(|problem| misfit(path, problem))?;
             }
             Kind::Rename => {
@@ -197,6 +324,7 @@ impl Tree {
                         return Err(misfit(source, "is cloned from but does not exist"));
                     }
                 }
+                self.record(command)?;
             }
             Kind::Write
             | Kind::Truncate
@@ -214,6 +342,7 @@ impl Tree {
                 if !self.exists(path) {
                     return Err(misfit(path, "is changed but does not exist"));
                 }
+                self.record(command)?;
             }
             Kind::End => self.ended = true,
         }
@@ -236,7 +365,15 @@ impl Tree {
             return Err((path, "has no directory to be in"));
         }
         let node = self.nodes.get(target).copied().unwrap_or(Node::File);
+        let ino = if let Some(ino) = self.inos.get(target) {
+            *ino
+        } else {
+            let ino = self.unknown_ino();
+            self.inodes.insert(ino, Inode::new(node));
+            ino
+        };
         self.nodes.insert(path.to_vec(), node);
+        self.inos.insert(path.to_vec(), ino);
         Ok(())
     }
 
@@ -258,10 +395,17 @@ impl Tree {
             }
         }
         self.nodes.remove(path);
+        self.inos.remove(path);
         Ok(())
     }
 
-    fn create(&mut self, path: &[u8], kind: Kind) -> Result<(), &'static str> {
+    fn add(&mut self, path: Vec<u8>, ino: u64, inode: Inode) {
+        self.nodes.insert(path.clone(), inode.node);
+        self.inos.insert(path, ino);
+        self.inodes.entry(ino).or_insert(inode);
+    }
+
+    fn create(&mut self, path: &[u8], command: &Command) -> Result<(), &'static str> {
         if path.is_empty() {
             return Err("is the root");
         }
@@ -271,14 +415,34 @@ impl Tree {
         if !self.is_directory(parent(path)) {
             return Err("has no directory to be in");
         }
-        let node = match kind {
+        let node = match command.kind() {
             Kind::Mkdir => Node::Directory,
             Kind::Mkfile => Node::File,
             Kind::Symlink => Node::Symlink,
             _ => Node::Special,
         };
-        self.nodes.insert(path.to_vec(), node);
+        let mut inode = Inode::new(node);
+        inode.target = command.get(Attribute::PathLink).map(<[u8]>::to_vec);
+        if let Ok(mode) = command.u64(Attribute::Mode) {
+            inode.mode = mode;
+        }
+        if let Ok(rdev) = command.u64(Attribute::Rdev) {
+            inode.rdev = rdev;
+        }
+        let ino = match command.u64(Attribute::Ino) {
+            Ok(ino) => ino,
+            Err(_) => self.unknown_ino(),
+        };
+        // A new inode: what an earlier one of that number said is gone.
+        self.inodes.insert(ino, inode.clone());
+        self.add(path.to_vec(), ino, inode);
         Ok(())
+    }
+
+    /// An inode number for a name the model has not seen created.
+    fn unknown_ino(&mut self) -> u64 {
+        self.next_unknown += 1;
+        u64::MAX - self.next_unknown
     }
 
     fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), &'static str> {
@@ -298,23 +462,32 @@ impl Tree {
             return Err("is renamed over a directory that is not empty");
         }
         let node = self.nodes.remove(from);
+        let ino = self.inos.remove(from);
         // A directory moves with everything below it.
         let below: Vec<Vec<u8>> = self.children(from).cloned().collect();
         // Whatever the new name held is replaced (as rename(2) replaces a file).
         self.nodes.remove(to);
+        self.inos.remove(to);
         for old in below {
+            let mut new = to.to_vec();
+            new.extend_from_slice(&old[from.len()..]);
             if let Some(child) = self.nodes.remove(&old) {
-                let mut new = to.to_vec();
-                new.extend_from_slice(&old[from.len()..]);
-                self.nodes.insert(new, child);
+                self.nodes.insert(new.clone(), child);
+            }
+            if let Some(child) = self.inos.remove(&old) {
+                self.inos.insert(new, child);
             }
         }
-        if let Some(node) = node {
-            self.nodes.insert(to.to_vec(), node);
+        let (node, ino) = if let (Some(node), Some(ino)) = (node, ino) {
+            (node, ino)
         } else {
             // A name of the parent snapshot the model has not seen.
-            self.nodes.insert(to.to_vec(), Node::File);
-        }
+            let ino = self.unknown_ino();
+            self.inodes.insert(ino, Inode::new(Node::File));
+            (Node::File, ino)
+        };
+        self.nodes.insert(to.to_vec(), node);
+        self.inos.insert(to.to_vec(), ino);
         Ok(())
     }
 }
@@ -375,12 +548,31 @@ mod tests {
         let mut bytes = header(1);
         for (kind, path, other) in steps {
             let mut attributes = vec![(Attribute::Path, path.as_bytes().to_vec())];
+            let number = |n: u64| n.to_le_bytes().to_vec();
+            let mut time = number(1_700_000_000);
+            time.extend(7u32.to_le_bytes());
             match kind {
                 Kind::Rename => attributes.push((Attribute::PathTo, other.as_bytes().to_vec())),
                 Kind::Link => attributes.push((Attribute::PathLink, other.as_bytes().to_vec())),
-                Kind::Clone => attributes.push((Attribute::ClonePath, other.as_bytes().to_vec())),
+                Kind::Clone => attributes.extend([
+                    (Attribute::FileOffset, number(0)),
+                    (Attribute::CloneLen, number(4096)),
+                    (Attribute::ClonePath, other.as_bytes().to_vec()),
+                    (Attribute::CloneOffset, number(0)),
+                ]),
+                Kind::Write => attributes.extend([
+                    (Attribute::FileOffset, number(100)),
+                    (Attribute::Data, b"data".to_vec()),
+                ]),
+                Kind::Utimes => attributes.extend([
+                    (Attribute::Atime, time.clone()),
+                    (Attribute::Mtime, time.clone()),
+                    (Attribute::Ctime, time),
+                ]),
+                Kind::Chmod => attributes.push((Attribute::Mode, number(0o640))),
                 _ => {}
             }
+
             bytes.extend(encode(*kind, &attributes));
         }
         let mut parser = Parser::new(bytes.as_slice()).unwrap();
@@ -424,6 +616,16 @@ mod tests {
         assert_eq!(tree.get(b"d/g"), Some(Node::File));
         assert_eq!(tree.get(b"o257-7-0"), None);
         assert_eq!(tree.len(), 5, "the root, d, d/f, d/g, l");
+        // Hard links share their inode: the clone after the write made it 4096 bytes.
+        let inode = tree.inode(b"d/g").unwrap();
+        assert_eq!((inode.node, inode.size), (Node::File, 4096));
+        assert_eq!(tree.inode(b"d/f"), Some(inode));
+        let root = tree.inode(b"").unwrap();
+        assert_eq!(
+            root.mtime.map(|t| (t.seconds, t.nanoseconds)),
+            Some((1_700_000_000, 7))
+        );
+        assert_eq!(tree.entries().count(), 5);
         // A directory moves with what is in it; a non-empty one cannot be removed.
         apply(
             &mut tree,

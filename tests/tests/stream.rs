@@ -22,6 +22,83 @@ fn kinds(stream: &[u8]) -> Result<Vec<Kind>, Error> {
     Ok(kinds)
 }
 
+/// Every path of `root` (a snapshot) and nothing else is in `tree`, with the same type, mode,
+/// owner, size (of regular files), mtime and symlink target.
+fn assert_model_is_snapshot(tree: &Tree, root: &std::path::Path) {
+    use btrfs2s3_stream::model::Node;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &std::path::Path, prefix: &[u8], out: &mut Vec<(Vec<u8>, std::path::PathBuf)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let mut path = prefix.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(entry.file_name().as_bytes());
+            let full = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(&full, &path, out);
+            }
+            out.push((path, full));
+        }
+    }
+    let mut on_disk = Vec::new();
+    walk(root, b"", &mut on_disk);
+    on_disk.push((Vec::new(), root.to_path_buf()));
+    on_disk.sort();
+    let modelled: Vec<&[u8]> = tree.entries().map(|(path, _)| path).collect();
+    assert_eq!(
+        on_disk
+            .iter()
+            .map(|(p, _)| p.as_slice())
+            .collect::<Vec<_>>(),
+        modelled
+    );
+    for (path, full) in &on_disk {
+        let inode = tree.inode(path).unwrap();
+        let meta = std::fs::symlink_metadata(full).unwrap();
+        let what = String::from_utf8_lossy(path);
+        let node = match meta.file_type() {
+            t if t.is_dir() => Node::Directory,
+            t if t.is_file() => Node::File,
+            t if t.is_symlink() => Node::Symlink,
+            _ => Node::Special,
+        };
+        assert_eq!(inode.node, node, "{what}");
+        // A symlink's mode is always 0777, and no stream sets it.
+        if node != Node::Symlink {
+            assert_eq!(
+                inode.mode & 0o7777,
+                u64::from(meta.mode() & 0o7777),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            (inode.uid, inode.gid),
+            (u64::from(meta.uid()), u64::from(meta.gid())),
+            "{what}"
+        );
+        if node == Node::File {
+            assert_eq!(inode.size, meta.size(), "{what}");
+        }
+        let mtime = inode.mtime.unwrap();
+        assert_eq!(
+            (mtime.seconds, i64::from(mtime.nanoseconds)),
+            (meta.mtime(), meta.mtime_nsec()),
+            "{what}"
+        );
+        if node == Node::Symlink {
+            let target = std::fs::read_link(full).unwrap();
+            assert_eq!(
+                inode.target.as_deref(),
+                Some(target.as_os_str().as_bytes()),
+                "{what}"
+            );
+        }
+    }
+}
+
 #[test]
 fn real_send_streams_parse_with_every_checksum_checked() {
     let Some(env) = TestEnv::get("real_send_streams_parse_with_every_checksum_checked") else {
@@ -73,6 +150,11 @@ fn real_send_streams_parse_with_every_checksum_checked() {
     check(streams[0].as_slice(), &mut next).unwrap();
     assert!(next.get(b"moved/log").is_some() && next.get(b"dir").is_none());
     assert!(next.get(b"new").is_some());
+
+    // The model's names and what the stream said of them are the snapshot's: type, mode,
+    // owner, size, mtime, symlink target, for every path.
+    assert_model_is_snapshot(&tree, &fixture.snapshots.join(&fixture.snapshot_names()[0]));
+    assert_model_is_snapshot(&next, &fixture.snapshots.join(&fixture.snapshot_names()[1]));
 
     // Protocol 2 with compressed data: the extents as stored.
     let snapshot = fixture.snapshots.join(&fixture.snapshot_names()[0]);
