@@ -89,6 +89,9 @@ enum Command {
     /// Show each source's newest backup in each remote, its age, and broken chains; exit 1
     /// if one is too old (--max-age) or broken.
     Status(daemon::StatusArgs),
+    /// List the files of one backup (type, mode, owner, size, mtime, path), read from its
+    /// chain of streams without btrfs.
+    Ls(remotes::LsArgs),
     /// Simulate policies over the years before the first upload: objects and GiB stored by
     /// storage class, uploads and deletes, restore chains, and what it all costs per month.
     Simulate(simulate::SimulateArgs),
@@ -281,6 +284,7 @@ fn main() -> ExitCode {
         Command::Status(args) => daemon::status(&args),
         Command::Check(args) => daemon::check(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Ls(args) => remotes::ls(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "btrfs2s3", &mut std::io::stdout());

@@ -618,3 +618,129 @@ mod tests {
         crate::expect_text("list.txt", &String::from_utf8(out).unwrap());
     }
 }
+
+/// Arguments of `ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub remotes: RemoteArgs,
+    /// The backup (a snapshot uuid or its start, as `list` shows it).
+    #[arg(long, value_name = "UUID")]
+    pub uuid: UuidPrefix,
+    /// Only this file or directory (and what is below it), from the snapshot's root.
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// A command each stream goes through before it is read (e.g. "gunzip"), as for
+    /// `restore`.
+    #[arg(long = "pipe-through", value_name = "CMD")]
+    pub pipe_through: Vec<String>,
+    /// Print the same as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `btrfs2s3 ls`.
+pub fn ls(args: &LsArgs) -> u8 {
+    let target = match target(&args.remotes, true) {
+        Ok(target) => target,
+        Err(code) => return code,
+    };
+    let pipe_through = match split_all(&args.pipe_through) {
+        Ok(commands) => commands,
+        Err(code) => return code,
+    };
+    let options = run::LsOptions {
+        uuid: args.uuid.clone(),
+        path: args.path.clone(),
+        pipe_through,
+    };
+    let timezone = target.timezone.clone();
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    crate::with_runtime(|cancel| async move {
+        match run::ls(&target, &options, &progress, &cancel).await {
+            Ok(report) => {
+                if args.json {
+                    crate::output::print_json(&report);
+                } else if let Err(error) =
+                    write_ls(&report, &timezone, &mut std::io::stdout().lock())
+                {
+                    eprintln!("btrfs2s3: cannot print the list: {error}");
+                    return exit::FAILURE;
+                }
+                exit::OK
+            }
+            Err(error) => {
+                crate::print_error(&error);
+                if error.is_usage() {
+                    exit::USAGE
+                } else {
+                    exit::FAILURE
+                }
+            }
+        }
+    })
+}
+
+/// `drwxr-xr-x`: the type and the permission bits, as `ls -l` shows them.
+fn mode_string(kind: &str, mode: u64) -> String {
+    let mut text = String::with_capacity(10);
+    text.push(match kind {
+        "directory" => 'd',
+        "symlink" => 'l',
+        "special" => 's',
+        _ => '-',
+    });
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
+/// The files of a backup, one line each: type and mode, owner, size, mtime, path.
+fn write_ls(
+    report: &run::LsReport,
+    timezone: &jiff::tz::TimeZone,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let rows: Vec<[String; 5]> = report
+        .entries
+        .iter()
+        .map(|entry| {
+            let mtime = entry
+                .mtime
+                .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
+                .map_or_else(
+                    || "-".to_owned(),
+                    |time| {
+                        time.to_zoned_datetime(timezone.clone())
+                            .strftime("%Y-%m-%d %H:%M")
+                            .to_string()
+                    },
+                );
+            let path = if entry.path.is_empty() {
+                ".".to_owned()
+            } else {
+                escape(&entry.path).to_string()
+            };
+            let path = match &entry.target {
+                Some(target) => format!("{path} -> {}", escape(target)),
+                None => path,
+            };
+            [
+                mode_string(entry.kind, entry.mode),
+                format!("{}:{}", entry.uid, entry.gid),
+                entry.size.to_string(),
+                mtime,
+                path,
+            ]
+        })
+        .collect();
+    crate::output::write_table(out, "", |row| {
+        for cells in &rows {
+            row(&cells.each_ref().map(String::as_str));
+        }
+    })
+}

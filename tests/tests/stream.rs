@@ -235,3 +235,76 @@ fn verify_with_the_builtin_parser_needs_no_btrfs_progs() {
         );
     }
 }
+
+#[test]
+fn ls_lists_a_backups_files_from_its_chain() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(env) = TestEnv::get("ls_lists_a_backups_files_from_its_chain") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "ls", &["moto"]);
+    fixture.write_config("1y 1d", &[&["gzip"]]);
+    std::fs::create_dir(fixture.source.join("dir")).unwrap();
+    fixture.write("dir/a", &vec![5u8; 12_345]);
+    std::fs::set_permissions(
+        fixture.source.join("dir/a"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("moved/a", fixture.source.join("link")).unwrap();
+    fixture.update(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::rename(fixture.source.join("dir"), fixture.source.join("moved")).unwrap();
+    fixture.write("moved/b", b"bb");
+    fixture.update(&[]);
+    // The differential: its files are its full backup's with its own changes applied.
+    let newest = fixture
+        .keys(0)
+        .iter()
+        .filter_map(|key| btrfs2s3_s3::BackupMeta::parse_key(key).ok())
+        .max_by_key(|meta| meta.ctransid)
+        .unwrap();
+    let uuid = newest.uuid.to_string();
+    let ls = |extra: &[&str]| {
+        let mut args = vec!["ls", "--uuid", &uuid, "--pipe-through", "gunzip"];
+        args.extend_from_slice(extra);
+        fixture.btrfs2s3(&args)
+    };
+    let output = ls(&["--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let entries = report["entries"].as_array().unwrap();
+    let find = |path: &str| {
+        entries
+            .iter()
+            .find(|entry| entry["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} in {entries:?}"))
+    };
+    assert_eq!(find("moved/a")["size"], 12_345);
+    assert_eq!(find("moved/a")["mode"], 0o640);
+    assert_eq!(find("moved/b")["size"], 2);
+    assert_eq!(find("moved")["type"], "directory");
+    assert_eq!(find("link")["target"], "moved/a");
+    assert!(!entries.iter().any(|entry| entry["path"] == "dir"));
+    // One directory, as `ls -l` shows it.
+    let output = ls(&["--path", "moved"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.contains("-rw-r-----") && text.contains("moved/a"),
+        "{text}"
+    );
+    // A path the backup does not have, and a source's uuid, are usage errors.
+    let output = ls(&["--path", "nowhere"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("has no \"nowhere\""));
+    let source = newest.parent_uuid.to_string();
+    let output = fixture.btrfs2s3(&["ls", "--uuid", &source]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("names a source"));
+}

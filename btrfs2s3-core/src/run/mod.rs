@@ -5,12 +5,14 @@
 
 mod archive;
 mod check;
+mod ls;
 mod read;
 mod status;
 mod update;
 
 pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
 pub use check::{CheckLine, check};
+pub use ls::{LsEntry, LsError, LsOptions, LsReport, ls};
 pub use read::{
     BackupLabel, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport,
     StreamParser, Target, TargetError, Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport,

@@ -1,0 +1,224 @@
+//! `ls`: the files of one backup, as its chain of streams builds them, without btrfs.
+
+use btrfs2s3_stream::model::{Node, Tree};
+use serde::Serialize;
+use snafu::Snafu;
+
+use super::read::{BackupLabel, ReadError, Target, Transfer, TransferUi, read_catalog};
+use crate::cancel::Cancel;
+use crate::catalog::{Selection, UuidPrefix};
+use crate::pipeline::{PipelineError, download_checked};
+use crate::restore;
+use crate::trust::Trustee;
+
+/// What to list.
+#[derive(Debug, Clone)]
+pub struct LsOptions {
+    /// The backup (a snapshot uuid or its start).
+    pub uuid: UuidPrefix,
+    /// Only this path and what is below it (relative to the snapshot's root).
+    pub path: Option<String>,
+    /// The commands each stream goes through before it is read (`pipe_through` undone).
+    pub pipe_through: Vec<Vec<String>>,
+}
+
+/// One name of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LsEntry {
+    /// Its path from the snapshot's root (bytes that are not UTF-8 replaced).
+    pub path: String,
+    /// `directory`, `file`, `symlink` or `special`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Its mode (permission bits).
+    pub mode: u64,
+    /// Its owner.
+    pub uid: u64,
+    /// Its group.
+    pub gid: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time (seconds since the epoch), when the stream set it.
+    pub mtime: Option<i64>,
+    /// A symlink's target.
+    pub target: Option<String>,
+}
+
+/// The files of one backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LsReport {
+    /// The backup's key.
+    pub key: String,
+    /// Its names, in path order.
+    pub entries: Vec<LsEntry>,
+}
+
+/// Why `ls` could not list.
+#[derive(Debug, Snafu)]
+pub enum LsError {
+    /// The remote, the selection or a command.
+    #[snafu(transparent)]
+    Read {
+        /// Why.
+        source: ReadError,
+    },
+    /// `--uuid` named a source (many backups), not one backup.
+    #[snafu(display(
+        "--uuid {uuid} names a source, not a backup: give a backup's uuid (see `list`)"
+    ))]
+    NotOneBackup {
+        /// The uuid given.
+        uuid: UuidPrefix,
+    },
+    /// A stream of the chain could not be read or does not apply.
+    #[snafu(display("cannot read backup {key}"))]
+    Stream {
+        /// The backup.
+        key: String,
+        /// Why.
+        source: PipelineError,
+    },
+    /// The backup has no such path.
+    #[snafu(display("backup {key} has no {path:?}"))]
+    NoSuchPath {
+        /// The backup.
+        key: String,
+        /// The path asked for.
+        path: String,
+    },
+}
+
+impl LsError {
+    /// Whether the command was asked for something that cannot be.
+    #[must_use]
+    pub fn is_usage(&self) -> bool {
+        match self {
+            LsError::Read { source } => source.is_usage(),
+            LsError::NotOneBackup { .. } | LsError::NoSuchPath { .. } => true,
+            LsError::Stream { .. } => false,
+        }
+    }
+}
+
+/// Lists the files of the backup `options.uuid` of the one remote of `target`: its chain
+/// (the full backup, then each differential down to it) is streamed through `pipe_through`
+/// into btrfs2s3's own parser and applied to a model of the tree. Memory holds the names,
+/// not the data.
+pub async fn ls(
+    target: &Target,
+    options: &LsOptions,
+    ui: &impl TransferUi,
+    cancel: &Cancel,
+) -> Result<LsReport, LsError> {
+    let [remote] = target.remotes.as_slice() else {
+        return Err(ReadError::NotOneRemote {
+            count: target.remotes.len(),
+        }
+        .into());
+    };
+    let commands =
+        restore::undo_chain(&options.pipe_through, Trustee::current()).map_err(ReadError::from)?;
+    let (client, catalog) = read_catalog(remote, cancel).await?;
+    let chain = catalog
+        .select(&Selection::Uuid(options.uuid.clone()))
+        .map_err(ReadError::from)?;
+    // A backup and its ancestors form one line; a source's backups do not.
+    let Some(last) = chain.last() else {
+        return Err(LsError::NotOneBackup {
+            uuid: options.uuid.clone(),
+        });
+    };
+    if !options.uuid.matches(last.meta.uuid)
+        || chain
+            .windows(2)
+            .any(|pair| pair[1].meta.send_parent_uuid != Some(pair[0].meta.uuid))
+    {
+        return Err(LsError::NotOneBackup {
+            uuid: options.uuid.clone(),
+        });
+    }
+    let mut tree = Tree::new();
+    for backup in &chain {
+        let ctime = btrfs2s3_s3::format_ctime(backup.meta.ctime, &target.timezone);
+        let transfer = Transfer::Verify {
+            remote: &remote.id,
+            backup: BackupLabel::of_backup(backup, &ctime),
+        };
+        ui.started(transfer);
+        let progress = |bytes| ui.progress(bytes);
+        let start = if backup.meta.send_parent_uuid.is_some() {
+            Tree::from_parent(&tree)
+        } else {
+            Tree::new()
+        };
+        let result = download_checked(
+            &client,
+            &backup.key,
+            &backup.pieces,
+            &commands,
+            start,
+            &progress,
+        )
+        .await;
+        let (result, next) = match result {
+            Ok((size, next)) => (Ok(size), Some(next)),
+            Err(error) => (Err(error), None),
+        };
+        ui.finished(transfer, &result);
+        if let Err(source) = result {
+            return Err(LsError::Stream {
+                key: backup.key.to_string(),
+                source,
+            });
+        }
+        if let Some(next) = next {
+            tree = next;
+        }
+    }
+    let key = last.key.to_string();
+    let wanted = options
+        .path
+        .as_deref()
+        .map(|p| p.trim_matches('/').as_bytes().to_vec());
+    if let Some(path) = &wanted
+        && tree.inode(path).is_none()
+    {
+        return Err(LsError::NoSuchPath {
+            key,
+            path: options.path.clone().unwrap_or_default(),
+        });
+    }
+    let entries = entries(&tree, wanted.as_deref());
+    Ok(LsReport { key, entries })
+}
+
+/// The names of `tree` at and below `wanted` (all of them without).
+fn entries(tree: &Tree, wanted: Option<&[u8]>) -> Vec<LsEntry> {
+    tree.entries()
+        .filter(|(path, _)| match wanted {
+            None | Some([]) => true,
+            Some(wanted) => {
+                path.starts_with(wanted)
+                    && (path.len() == wanted.len() || path.get(wanted.len()) == Some(&b'/'))
+            }
+        })
+        .map(|(path, inode)| LsEntry {
+            path: String::from_utf8_lossy(path).into_owned(),
+            kind: match inode.node {
+                Node::Directory => "directory",
+                Node::File => "file",
+                Node::Symlink => "symlink",
+                Node::Special => "special",
+            },
+            mode: inode.mode & 0o7777,
+            uid: inode.uid,
+            gid: inode.gid,
+            size: inode.size,
+            mtime: inode.mtime.map(|t| t.seconds),
+            target: inode
+                .target
+                .as_deref()
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+        })
+        .collect()
+}
