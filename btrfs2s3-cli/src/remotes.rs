@@ -294,9 +294,18 @@ fn transfer_label(transfer: Transfer<'_>) -> String {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub remotes: RemoteArgs,
-    /// The directory to receive into (on a btrfs filesystem).
+    /// The directory to receive into (on a btrfs filesystem; with `--plain`, any directory).
     #[arg(long, value_name = "PATH")]
     pub dest: PathBuf,
+    /// Apply the streams to plain directories with btrfs2s3's own receiver, on any
+    /// filesystem, without btrfs-progs or root: one directory per restored snapshot,
+    /// `DEST/<snapshot name>` (owners are restored when run as root).
+    #[arg(long)]
+    pub plain: bool,
+    /// With `--plain`: only the newest backup of the selection, its chain applied to one
+    /// working tree (the intermediate snapshots are not kept).
+    #[arg(long, requires = "plain")]
+    pub latest_only: bool,
     /// Restore only this backup (a snapshot uuid or its start, as `list` shows it, with its
     /// send ancestors) or source (every
     /// backup of it). Default: every backup of the remote.
@@ -340,6 +349,9 @@ pub fn restore(args: &RestoreArgs) -> u8 {
         dest: args.dest.clone(),
         selection: args.uuid.clone().map_or(Selection::All, Selection::Uuid),
         pipe_through,
+        plain: args.plain.then_some(run::Plain {
+            latest_only: args.latest_only,
+        }),
     };
     crate::with_runtime(|cancel| async move {
         let plan = match run::prepare_restore(&target, options, &cancel).await {
@@ -373,14 +385,21 @@ pub fn restore(args: &RestoreArgs) -> u8 {
         let report = run::restore(&plan, &progress).await;
         match report.failure {
             None => {
+                print_notes(&report.notes);
                 println!(
-                    "done: {} backup(s) received into {}",
+                    "done: {} backup(s) {} into {}",
                     report.received,
+                    if plan.plain.is_some() {
+                        "restored"
+                    } else {
+                        "received"
+                    },
                     plan.dest.display()
                 );
                 exit::OK
             }
             Some(failure) => {
+                print_notes(&report.notes);
                 eprintln!(
                     "btrfs2s3: restoring {} failed: {}",
                     escape(&failure.key),
@@ -396,8 +415,41 @@ pub fn restore(args: &RestoreArgs) -> u8 {
     })
 }
 
+/// What a plain restore could not restore as the backup has it.
+fn print_notes(notes: &run::Notes) {
+    let paths = |paths: &[Vec<u8>]| {
+        paths
+            .iter()
+            .map(|path| escape(&String::from_utf8_lossy(path)).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if notes.owners_kept > 0 {
+        println!(
+            "note: owners were not restored ({} name(s)): only root can give files to others; they belong to you",
+            notes.owners_kept
+        );
+    }
+    if notes.devices > 0 {
+        println!(
+            "note: {} device node(s) were not created (only root can), e.g. {}",
+            notes.devices,
+            paths(&notes.devices_skipped)
+        );
+    }
+    if notes.xattrs > 0 {
+        println!(
+            "note: {} extended attribute(s) could not be set, e.g. {}",
+            notes.xattrs,
+            escape(&notes.xattrs_skipped.join("; "))
+        );
+    }
+}
+
 /// The backups a restore receives, in order, as a table on standard output.
 fn print_restore_plan(plan: &RestorePlan, ids: &ShortIds) -> std::io::Result<()> {
+    let latest_only = plan.plain.is_some_and(|plain| plain.latest_only);
+    let newest = plan.items.last().map(|item| item.uuid);
     let rows: Vec<[String; 5]> = plan
         .items
         .iter()
@@ -409,6 +461,9 @@ fn print_restore_plan(plan: &RestorePlan, ids: &ShortIds) -> std::io::Result<()>
                     "to receive, from {} (restored first)",
                     escape(item.storage_class.as_deref().unwrap_or_default())
                 ),
+                (false, false) if latest_only && Some(item.uuid) != newest => {
+                    "to apply (not kept)".to_owned()
+                }
                 (false, false) => "to receive".to_owned(),
             };
             let id = match item.send_parent {

@@ -85,10 +85,24 @@ pub enum PipelineError {
         source: Box<PipelineError>,
     },
     /// The stream is not a whole, well-formed send stream (checked by btrfs2s3 itself).
-    #[snafu(display("the stream does not check out"))]
+    #[snafu(display("{}", if matches!(source, btrfs2s3_stream::model::ApplyError::Write(_)) {
+        "cannot write what the stream holds"
+    } else {
+        "the stream does not check out"
+    }))]
     Stream {
         /// What is wrong, and at which byte.
         source: btrfs2s3_stream::model::ApplyError,
+    },
+    /// A restored directory could not be prepared, renamed or recorded (`restore --plain`).
+    #[snafu(display("cannot {what} {}", path.display()))]
+    Local {
+        /// What was being done.
+        what: &'static str,
+        /// To what.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// A worker thread died.
     #[snafu(display("internal error: {message}"))]
@@ -612,6 +626,28 @@ pub async fn download_checked<K: AsRef<str> + Sync>(
     mut tree: btrfs2s3_stream::model::Tree,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(u64, btrfs2s3_stream::model::Tree), PipelineError> {
+    download_read(remote, key, pieces, commands, progress, move |reader| {
+        btrfs2s3_stream::model::check(reader, &mut tree).map(|_| tree)
+    })
+    .await
+}
+
+/// Streams backup `key` of `remote` (its first piece, then its other `pieces`) through
+/// `commands` into `read`, which runs on a blocking thread and reads the stream from its
+/// argument (a parser and a model, or a [`btrfs2s3_stream::receive::Receiver`] writing a
+/// directory). Returns the bytes downloaded and what `read` returned.
+pub async fn download_read<K: AsRef<str> + Sync, T: Send + 'static>(
+    remote: &Remote,
+    key: &str,
+    pieces: &[K],
+    commands: &[PipeCommand],
+    progress: &(dyn Fn(u64) + Sync),
+    read: impl FnOnce(
+        std::io::BufReader<std::fs::File>,
+    ) -> Result<T, btrfs2s3_stream::model::ApplyError>
+    + Send
+    + 'static,
+) -> Result<(u64, T), PipelineError> {
     // The stream reaches the parser through a pipe: the last command's output, or ours.
     let (mut chain, reader, mut writer): (
         Option<Chain>,
@@ -655,8 +691,7 @@ pub async fn download_checked<K: AsRef<str> + Sync>(
     };
     let parsing = tokio::task::spawn_blocking(move || {
         let reader = std::io::BufReader::with_capacity(PIPE_CAPACITY as usize, reader);
-        let checked = btrfs2s3_stream::model::check(reader, &mut tree);
-        (checked, tree)
+        read(reader)
     });
     let downloaded = remote
         .download_backup(key, pieces, &mut writer, progress)
@@ -668,7 +703,7 @@ pub async fn download_checked<K: AsRef<str> + Sync>(
     {
         chain.kill();
     }
-    let (checked, tree) = parsing.await.map_err(|error| PipelineError::Internal {
+    let checked = parsing.await.map_err(|error| PipelineError::Internal {
         message: format!("the stream checker failed: {error}"),
     })?;
     let failed_command = match chain {
@@ -685,7 +720,7 @@ pub async fn download_checked<K: AsRef<str> + Sync>(
         (_, Some((rank, failure)), checked) if rank == 0 || checked.is_ok() => Err(failure),
         (_, _, Err(source)) => Err(PipelineError::Stream { source }),
         (Err(source), _, Ok(_)) => Err(PipelineError::Storage { source }),
-        (Ok(size), _, Ok(_)) => Ok((size, tree)),
+        (Ok(size), _, Ok(value)) => Ok((size, value)),
     }
 }
 

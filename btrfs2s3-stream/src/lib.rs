@@ -33,7 +33,9 @@
 #![forbid(unsafe_code)]
 
 mod crc;
+mod decode;
 pub mod model;
+pub mod receive;
 
 use std::io::Read;
 

@@ -42,7 +42,7 @@ pub struct Inode {
 }
 
 impl Inode {
-    fn new(node: Node) -> Inode {
+    pub(crate) fn new(node: Node) -> Inode {
         Inode {
             node,
             mode: 0,
@@ -156,6 +156,35 @@ impl Tree {
     #[must_use]
     pub fn inode(&self, path: &[u8]) -> Option<&Inode> {
         self.inos.get(path).and_then(|ino| self.inodes.get(ino))
+    }
+
+    /// The inode number behind `path` (the stream's, or one the model gave a name it did not
+    /// see created): the same for every hard link, and kept across renames.
+    #[must_use]
+    pub fn ino(&self, path: &[u8]) -> Option<u64> {
+        self.inos.get(path).copied()
+    }
+
+    /// A path of inode `ino`, if the tree still has one (the first in path order).
+    #[must_use]
+    pub fn path_of(&self, ino: u64) -> Option<&[u8]> {
+        self.nodes
+            .keys()
+            .find(|path| self.inos.get(*path) == Some(&ino))
+            .map(Vec::as_slice)
+    }
+
+    /// Adds a name found on disk (see [`crate::receive::scan`]); `key` tells hard links apart.
+    pub(crate) fn insert_found(&mut self, path: Vec<u8>, ino: Option<u64>, inode: Inode) -> u64 {
+        let ino = ino.unwrap_or_else(|| {
+            if path.is_empty() {
+                ROOT_INO
+            } else {
+                self.unknown_ino()
+            }
+        });
+        self.add(path, ino, inode);
+        ino
     }
 
     /// Every name with its inode, in path order (the root first, as the empty path).
@@ -440,7 +469,7 @@ impl Tree {
     }
 
     /// An inode number for a name the model has not seen created.
-    fn unknown_ino(&mut self) -> u64 {
+    pub(crate) fn unknown_ino(&mut self) -> u64 {
         self.next_unknown += 1;
         u64::MAX - self.next_unknown
     }
@@ -499,6 +528,40 @@ pub enum ApplyError {
     Stream(Error),
     /// A command does not fit the tree.
     Misfit(Misfit),
+    /// A command could not be carried out on the directory it is applied to.
+    Write(WriteFailure),
+}
+
+/// A command that the filesystem refused (see [`crate::receive`]).
+#[derive(Debug)]
+pub struct WriteFailure {
+    /// Where the command starts in the stream.
+    pub offset: u64,
+    /// The command.
+    pub kind: Kind,
+    /// The path it is about.
+    pub path: Vec<u8>,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {:?} command at byte {} failed on {:?}: {}",
+            self.kind,
+            self.offset,
+            String::from_utf8_lossy(&self.path),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for WriteFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 impl From<Error> for ApplyError {
@@ -512,6 +575,7 @@ impl std::fmt::Display for ApplyError {
         match self {
             ApplyError::Stream(error) => error.fmt(f),
             ApplyError::Misfit(misfit) => misfit.fmt(f),
+            ApplyError::Write(failure) => failure.fmt(f),
         }
     }
 }
@@ -521,6 +585,7 @@ impl std::error::Error for ApplyError {
         match self {
             ApplyError::Stream(error) => Some(error),
             ApplyError::Misfit(misfit) => Some(misfit),
+            ApplyError::Write(failure) => Some(failure),
         }
     }
 }
@@ -589,7 +654,7 @@ mod tests {
             match tree.apply(command) {
                 Ok(()) => {}
                 Err(ApplyError::Misfit(misfit)) => return Err((index, misfit.problem)),
-                Err(ApplyError::Stream(error)) => panic!("{error}"),
+                Err(error) => panic!("{error}"),
             }
         }
         Ok(())

@@ -6,15 +6,17 @@
 mod archive;
 mod check;
 mod ls;
+mod plain;
 mod read;
 mod status;
 mod update;
 
 pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
+pub use btrfs2s3_stream::receive::Notes;
 pub use check::{CheckLine, check};
 pub use ls::{LsEntry, LsError, LsOptions, LsReport, ls};
 pub use read::{
-    BackupLabel, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport,
+    BackupLabel, Plain, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport,
     StreamParser, Target, TargetError, Transfer, TransferUi, Verdict, VerifyOptions, VerifyReport,
     VerifyUi, list, make_restorable, prepare_restore, restore, verify,
 };

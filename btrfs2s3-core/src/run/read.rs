@@ -129,6 +129,14 @@ pub enum ReadError {
         /// Why.
         source: btrfs2s3_btrfs::Error,
     },
+    /// The destination of a plain restore is not a directory, or its record cannot be read.
+    #[snafu(display("cannot restore into {}", dest.display()))]
+    PlainDestination {
+        /// The destination.
+        dest: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The backups asked for cannot be selected.
     #[snafu(transparent)]
     Select {
@@ -179,6 +187,7 @@ impl ReadError {
         matches!(
             self,
             ReadError::Destination { .. }
+                | ReadError::PlainDestination { .. }
                 | ReadError::NotOneRemote { .. }
                 | ReadError::Program { .. }
                 | ReadError::Select {
@@ -292,6 +301,16 @@ pub struct RestoreOptions {
     pub selection: Selection,
     /// The commands each stream goes through before `btrfs receive`.
     pub pipe_through: Vec<Vec<String>>,
+    /// Apply the streams to a plain directory with btrfs2s3's own receiver instead of
+    /// `btrfs receive`.
+    pub plain: Option<Plain>,
+}
+
+/// How a plain restore goes (`restore --plain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Plain {
+    /// Only the newest backup of the selection, its chain applied to one working tree.
+    pub latest_only: bool,
 }
 
 /// A restore ready to go: the backups to receive, in order.
@@ -303,8 +322,11 @@ pub struct RestorePlan {
     pub dest: PathBuf,
     /// Every selected backup, parents first, those already in the destination marked.
     pub items: Vec<RestoreItem>,
-    commands: Vec<PipeCommand>,
-    remote: Remote,
+    /// A plain restore, and the names of the backups restored into the destination before.
+    pub plain: Option<Plain>,
+    pub(super) restored: std::collections::HashMap<Uuid, String>,
+    pub(super) commands: Vec<PipeCommand>,
+    pub(super) remote: Remote,
 }
 
 impl RestorePlan {
@@ -327,6 +349,8 @@ impl RestorePlan {
 pub struct RestoreReport {
     /// How many backups were received.
     pub received: usize,
+    /// What a plain restore could not restore as it was (owners without root, ...).
+    pub notes: btrfs2s3_stream::receive::Notes,
     /// The backup that could not be received; the ones after it were not tried.
     pub failure: Option<ReceiveFailure>,
 }
@@ -352,6 +376,9 @@ pub async fn prepare_restore(
             count: target.remotes.len(),
         });
     };
+    if let Some(plain) = options.plain {
+        return super::plain::prepare(target, remote, options, plain, cancel).await;
+    }
     let commands = restore::receive_chain(
         &options.pipe_through,
         Some(&options.dest),
@@ -373,6 +400,8 @@ pub async fn prepare_restore(
         remote_id: remote.id.clone(),
         dest: options.dest,
         items,
+        plain: None,
+        restored: std::collections::HashMap::new(),
         commands,
         remote: client,
     })
@@ -396,6 +425,9 @@ pub async fn make_restorable(
 /// Receives the backups of `plan` that are not in the destination yet, in order; stops at
 /// the first that fails (running the same restore again goes on from there).
 pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport {
+    if plan.plain.is_some() {
+        return super::plain::restore(plan, ui).await;
+    }
     let mut received = 0;
     for item in plan.items.iter().filter(|item| !item.present) {
         let transfer = Transfer::Receive {
@@ -418,6 +450,7 @@ pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport 
             Err(error) => {
                 return RestoreReport {
                     received,
+                    notes: btrfs2s3_stream::receive::Notes::default(),
                     failure: Some(ReceiveFailure {
                         key: item.key.clone(),
                         error,
@@ -428,6 +461,7 @@ pub async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> RestoreReport 
     }
     RestoreReport {
         received,
+        notes: btrfs2s3_stream::receive::Notes::default(),
         failure: None,
     }
 }

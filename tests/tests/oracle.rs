@@ -1,0 +1,759 @@
+//! btrfs2s3's own receiver against `btrfs receive`, the oracle: generated histories of
+//! changes on real btrfs, snapshotted after each step and sent (full, then differentials; some
+//! with protocol 2 and compressed extents), are received by `btrfs receive` on btrfs and
+//! applied by `btrfs2s3_stream::receive` to plain directories on tmpfs and ext4, both one
+//! directory per snapshot and in place; every snapshot's manifest must match.
+//!
+//! `BTRFS2S3_HISTORIES` sets how many histories run (default 300); `BTRFS2S3_HISTORY_SEED`
+//! runs one seed alone (a failure names its seed).
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use btrfs2s3_stream::model::Tree;
+use btrfs2s3_stream::receive::{Options, Parent, Receiver, copy_tree};
+use btrfs2s3_stream::{Attribute, Kind};
+use btrfs2s3_tests::{TestEnv, unique_name};
+use support::run;
+
+/// splitmix64: small, seedable, good enough to pick operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            None
+        } else {
+            Some(&items[usize::try_from(self.below(items.len() as u64)).unwrap()])
+        }
+    }
+
+    fn bytes(&mut self, length: usize) -> Vec<u8> {
+        if self.below(2) == 0 {
+            // Text, which compresses (protocol 2 sends it compressed).
+            let word = self.below(1000);
+            let phrase = format!("line {word} of many alike\n");
+            phrase.bytes().cycle().take(length).collect()
+        } else {
+            (0..length).map(|_| self.next().to_le_bytes()[0]).collect()
+        }
+    }
+
+    fn length(&mut self) -> usize {
+        match self.below(6) {
+            0 => 0,
+            1 | 2 => usize::try_from(self.below(5000)).unwrap(),
+            3 | 4 => usize::try_from(self.below(300_000)).unwrap(),
+            _ => usize::try_from(4096 * self.below(64)).unwrap(),
+        }
+    }
+}
+
+/// What a history's source looks like now.
+struct Listing {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    others: Vec<PathBuf>,
+}
+
+fn list(root: &Path) -> Listing {
+    let mut listing = Listing {
+        dirs: vec![PathBuf::new()],
+        files: Vec::new(),
+        others: Vec::new(),
+    };
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(&dir))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        for entry in entries {
+            let path = dir.join(entry.file_name());
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                listing.dirs.push(path.clone());
+                pending.push(path);
+            } else if kind.is_file() {
+                listing.files.push(path);
+            } else {
+                listing.others.push(path);
+            }
+        }
+    }
+    listing
+}
+
+/// One random change to the tree at `root`.
+#[allow(clippy::too_many_lines)]
+fn change(rng: &mut Rng, root: &Path, counter: &mut u32) {
+    let listing = list(root);
+    *counter += 1;
+    let fresh = |rng: &mut Rng, counter: u32| -> PathBuf {
+        let dir = rng.pick(&listing.dirs).unwrap().clone();
+        dir.join(format!("n{counter}"))
+    };
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join(path))
+            .unwrap()
+    };
+    match rng.below(25) {
+        0..=2 => {
+            let path = fresh(rng, *counter);
+            let length = rng.length();
+            let data = rng.bytes(length);
+            if rng.below(4) == 0 {
+                // Sparse: data after a hole.
+                let file = std::fs::File::create(root.join(&path)).unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&file, &data, rng.below(4 << 20)).unwrap();
+            } else {
+                std::fs::write(root.join(&path), data).unwrap();
+            }
+        }
+        3 | 4 => {
+            if let Some(path) = rng.pick(&listing.files) {
+                let file = open(path);
+                let size = file.metadata().unwrap().len();
+                let length = rng.length().min(200_000);
+                let data = rng.bytes(length);
+                std::os::unix::fs::FileExt::write_all_at(&file, &data, rng.below(size + 1))
+                    .unwrap();
+            }
+        }
+        5 => {
+            if let Some(path) = rng.pick(&listing.files) {
+                let size = rng.below(400_000);
+                open(path).set_len(size).unwrap();
+            }
+        }
+        6 => {
+            if let Some(path) = rng.pick(&listing.files) {
+                let file = open(path);
+                let size = file.metadata().unwrap().len();
+                let offset = rng.below(size + 1);
+                let length = rng.below(200_000) + 1;
+                rustix::fs::fallocate(
+                    &file,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    offset,
+                    length,
+                )
+                .unwrap();
+            }
+        }
+        7 => {
+            if let Some(path) = rng.pick(&listing.files) {
+                let link = fresh(rng, *counter);
+                std::fs::hard_link(root.join(path), root.join(link)).unwrap();
+            }
+        }
+        8 | 9 => {
+            // A rename of anything but the root, never into itself.
+            let mut all: Vec<PathBuf> = listing.files.clone();
+            all.extend(listing.others.iter().cloned());
+            all.extend(listing.dirs.iter().skip(1).cloned());
+            if let Some(from) = rng.pick(&all) {
+                let to = fresh(rng, *counter);
+                if !to.starts_with(from) {
+                    std::fs::rename(root.join(from), root.join(to)).unwrap();
+                }
+            }
+        }
+        10 => {
+            // Two names swap.
+            if let (Some(a), Some(b)) = (rng.pick(&listing.files), rng.pick(&listing.files))
+                && a != b
+            {
+                let temporary = root.join(format!("swap{counter}"));
+                std::fs::rename(root.join(a), &temporary).unwrap();
+                std::fs::rename(root.join(b), root.join(a)).unwrap();
+                std::fs::rename(&temporary, root.join(b)).unwrap();
+            }
+        }
+        11 => {
+            let path = fresh(rng, *counter);
+            std::fs::create_dir(root.join(&path)).unwrap();
+            if rng.below(2) == 0 {
+                std::fs::create_dir(root.join(path).join("inner")).unwrap();
+            }
+        }
+        12 => {
+            let mut gone: Vec<PathBuf> = listing.files.clone();
+            gone.extend(listing.others.iter().cloned());
+            if let Some(path) = rng.pick(&gone) {
+                std::fs::remove_file(root.join(path)).unwrap();
+            }
+        }
+        13 => {
+            if let Some(dir) = rng.pick(&listing.dirs[1..]) {
+                std::fs::remove_dir_all(root.join(dir)).unwrap();
+            }
+        }
+        14 => {
+            let path = fresh(rng, *counter);
+            let target = format!("../target{}", rng.below(10));
+            std::os::unix::fs::symlink(target, root.join(path)).unwrap();
+        }
+        15 => {
+            let path = fresh(rng, *counter);
+            let (kind, rdev) = match rng.below(3) {
+                0 => (rustix::fs::FileType::Fifo, 0),
+                1 => (
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::makedev(1, 3),
+                ),
+                _ => (
+                    rustix::fs::FileType::BlockDevice,
+                    rustix::fs::makedev(7, 200),
+                ),
+            };
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                root.join(path),
+                kind,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                rdev,
+            )
+            .unwrap();
+        }
+        16 | 23 => {
+            let mut all: Vec<PathBuf> = listing.files.clone();
+            all.extend(listing.dirs.iter().cloned());
+            if let Some(path) = rng.pick(&all) {
+                let name = format!("user.k{}", rng.below(3));
+                let length = usize::try_from(rng.below(40)).unwrap();
+                let value = rng.bytes(length);
+                let target = root.join(path);
+                let mut names = vec![0u8; 4096];
+                let n = rustix::fs::llistxattr(&target, &mut names).unwrap();
+                let existing: Vec<&[u8]> = names[..n]
+                    .split(|&b| b == 0)
+                    .filter(|name| name.starts_with(b"user."))
+                    .collect();
+                if rng.below(2) == 0
+                    && let Some(name) = rng.pick(&existing)
+                {
+                    rustix::fs::lremovexattr(&target, std::ffi::OsStr::from_bytes(name)).unwrap();
+                } else {
+                    rustix::fs::lsetxattr(
+                        &target,
+                        name.as_str(),
+                        &value,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        17 => {
+            let mut all: Vec<PathBuf> = listing.files.clone();
+            all.extend(listing.dirs.iter().cloned());
+            if let Some(path) = rng.pick(&all) {
+                let modes = [
+                    0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o444, 0o500, 0o000,
+                ];
+                let mode = *rng.pick(&modes).unwrap();
+                std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(mode))
+                    .unwrap();
+            }
+        }
+        18 => {
+            let mut all: Vec<PathBuf> = listing.files.clone();
+            all.extend(listing.dirs.iter().cloned());
+            all.extend(listing.others.iter().cloned());
+            if let Some(path) = rng.pick(&all) {
+                let ids = [0, 1, 1000, 65534];
+                std::os::unix::fs::lchown(
+                    root.join(path),
+                    rng.pick(&ids).copied(),
+                    rng.pick(&ids).copied(),
+                )
+                .unwrap();
+            }
+        }
+        19 => {
+            if let Some(path) = rng.pick(&listing.files) {
+                let seconds = i64::try_from(1_000_000_000 + rng.below(700_000_000)).unwrap();
+                let time = rustix::fs::Timespec {
+                    tv_sec: seconds,
+                    tv_nsec: i64::try_from(rng.below(1_000_000_000)).unwrap(),
+                };
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    root.join(path),
+                    &rustix::fs::Timestamps {
+                        last_access: time,
+                        last_modification: time,
+                    },
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .unwrap();
+            }
+        }
+        20..=22 => {
+            // A reflink copy (clones within the snapshot, or from the parent's).
+            if let Some(path) = rng.pick(&listing.files) {
+                let copy = fresh(rng, *counter);
+                run(Command::new("cp")
+                    .arg("--reflink=always")
+                    .arg(root.join(path))
+                    .arg(root.join(copy)));
+                // The original goes or changes: the copy's extents are then only the parent
+                // snapshot's to clone from.
+                match rng.below(3) {
+                    0 => std::fs::remove_file(root.join(path)).unwrap(),
+                    1 => std::fs::write(root.join(path), rng.bytes(100)).unwrap(),
+                    _ => {}
+                }
+            }
+        }
+        _ => {
+            // A file becomes a directory of the same name.
+            if let Some(path) = rng.pick(&listing.files) {
+                std::fs::remove_file(root.join(path)).unwrap();
+                std::fs::create_dir(root.join(path)).unwrap();
+                std::fs::write(root.join(path).join("inside"), b"inside").unwrap();
+            }
+        }
+    }
+}
+
+/// One line per name: path, type and mode, owner, size, mtime, device, content hash or
+/// symlink target, extended attributes, and the first path of its hard link group.
+///
+/// Directories' mtimes are left out: `btrfs receive` leaves a directory that the stream's
+/// temporary names passed through with the time of the receive, where btrfs2s3 gives it its
+/// time in the snapshot; [`directory_times`] compares those with the snapshot itself.
+fn manifest(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut groups: HashMap<u64, String> = HashMap::new();
+    let mut pending = vec![PathBuf::new()];
+    let mut paths = Vec::new();
+    while let Some(path) = pending.pop() {
+        let full = root.join(&path);
+        if std::fs::symlink_metadata(&full).unwrap().is_dir() {
+            for entry in std::fs::read_dir(&full).unwrap() {
+                pending.push(path.join(entry.unwrap().file_name()));
+            }
+        }
+        paths.push(path);
+    }
+    paths.sort();
+    for path in paths {
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full).unwrap();
+        let kind = meta.file_type();
+        let content = if kind.is_file() {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&full).unwrap().hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        } else if kind.is_symlink() {
+            String::from_utf8_lossy(std::fs::read_link(&full).unwrap().as_os_str().as_bytes())
+                .into_owned()
+        } else {
+            String::new()
+        };
+        let mut xattrs = BTreeMap::new();
+        let mut names = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(&full, &mut names).unwrap();
+        // `btrfs.` attributes are btrfs's properties (compression), which other filesystems
+        // do not have.
+        for name in names[..n]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty() && !n.starts_with(b"btrfs."))
+        {
+            let mut value = vec![0u8; 4096];
+            let length =
+                rustix::fs::lgetxattr(&full, std::ffi::OsStr::from_bytes(name), &mut value)
+                    .unwrap();
+            xattrs.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                value[..length].to_vec(),
+            );
+        }
+        let shown = path.display().to_string();
+        let group = if kind.is_dir() {
+            String::new()
+        } else {
+            groups
+                .entry(meta.ino())
+                .or_insert_with(|| shown.clone())
+                .clone()
+        };
+        let size = if kind.is_dir() { 0 } else { meta.size() };
+        let mtime = if kind.is_dir() {
+            "-".to_owned()
+        } else {
+            format!("{}.{:09}", meta.mtime(), meta.mtime_nsec())
+        };
+        lines.push(format!(
+            "{shown:?} {:o} {}:{} {size} {mtime} {} {content} {xattrs:?} link={group}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.rdev(),
+        ));
+    }
+    lines
+}
+
+/// Every directory's path and mtime.
+fn directory_times(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(path) = pending.pop() {
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full).unwrap();
+        if meta.is_dir() {
+            lines.push(format!(
+                "{:?} {}.{:09}",
+                path.display().to_string(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            ));
+            for entry in std::fs::read_dir(&full).unwrap() {
+                pending.push(path.join(entry.unwrap().file_name()));
+            }
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// Where the plain restores go: tmpfs or ext4, by turns.
+fn plain_base(seed: u64) -> PathBuf {
+    let base = if seed.is_multiple_of(2) {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(unique_name("oracle"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Applies `streams` (full first) with btrfs2s3's receiver: one directory per snapshot under
+/// `dest`, or with `in_place` one working tree; returns the restored directories' paths (the
+/// last only, in place).
+fn plain_restore(dest: &Path, streams: &[PathBuf], in_place: bool) -> Vec<PathBuf> {
+    let mut restored = Vec::new();
+    let mut previous: Option<(PathBuf, uuid::Uuid, Tree)> = None;
+    let work = dest.join("work");
+    for (index, stream) in streams.iter().enumerate() {
+        let shadow = dest.join("shadow");
+        let (tree, parent) = match &previous {
+            None => {
+                std::fs::create_dir(&work).unwrap();
+                (Tree::new(), Parent::None)
+            }
+            Some((_, uuid, tree)) if in_place => {
+                std::fs::create_dir(&shadow).unwrap();
+                (
+                    Tree::from_parent(tree),
+                    Parent::InPlace {
+                        uuid: *uuid,
+                        shadow: shadow.clone(),
+                    },
+                )
+            }
+            Some((dir, uuid, tree)) => {
+                copy_tree(dir, &work, true).unwrap();
+                (
+                    Tree::from_parent(tree),
+                    Parent::Dir {
+                        uuid: *uuid,
+                        path: dir.clone(),
+                    },
+                )
+            }
+        };
+        let last = index + 1 == streams.len();
+        let receiver = Receiver::new(
+            &work,
+            tree,
+            &parent,
+            Options {
+                owners: true,
+                data: None,
+            },
+        )
+        .unwrap();
+        let reader = std::io::BufReader::new(std::fs::File::open(stream).unwrap());
+        let outcome = receiver
+            .receive(reader, last || !in_place)
+            .unwrap_or_else(|error| panic!("{}: {error}", stream.display()));
+        if shadow.exists() {
+            std::fs::remove_dir_all(&shadow).unwrap();
+        }
+        let name = String::from_utf8(outcome.name).unwrap();
+        let dir = dest.join(&name);
+        if in_place {
+            if last {
+                std::fs::rename(&work, &dir).unwrap();
+                restored.push(dir.clone());
+            }
+        } else {
+            std::fs::rename(&work, &dir).unwrap();
+            restored.push(dir.clone());
+        }
+        previous = Some((dir, outcome.uuid, outcome.tree));
+    }
+    restored
+}
+
+/// The first lines where two manifests differ.
+fn differences(expected: &[String], actual: &[String]) -> String {
+    let mut out = String::new();
+    for line in expected
+        .iter()
+        .filter(|line| !actual.contains(line))
+        .take(8)
+    {
+        let _ = write!(out, "\n  - {line}");
+    }
+    for line in actual
+        .iter()
+        .filter(|line| !expected.contains(line))
+        .take(8)
+    {
+        let _ = write!(out, "\n  + {line}");
+    }
+    out
+}
+
+/// How often each command kind came up, and clones from the parent snapshot.
+type Tally = std::sync::Mutex<BTreeMap<String, u64>>;
+
+fn tally(streams: &[PathBuf], counts: &Tally) {
+    let mut counts = counts.lock().unwrap();
+    for stream in streams {
+        let reader = std::io::BufReader::new(std::fs::File::open(stream).unwrap());
+        let mut parser = btrfs2s3_stream::Parser::new(reader).unwrap();
+        let mut own = None;
+        while let Some(command) = parser.next_command().unwrap() {
+            let kind = command.kind();
+            if matches!(kind, Kind::Subvol | Kind::Snapshot) {
+                own = Some(command.uuid(Attribute::Uuid).unwrap());
+            }
+            *counts.entry(format!("{kind:?}")).or_default() += 1;
+            if kind == Kind::Clone && Some(command.uuid(Attribute::CloneUuid).unwrap()) != own {
+                *counts
+                    .entry("Clone from the parent".to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// One history: generated, snapshotted, sent, received both ways and compared.
+fn history(env: &TestEnv, seed: u64, counts: &Tally) {
+    let mut rng = Rng(seed);
+    let dir = env.btrfs.join(unique_name("oracle"));
+    std::fs::create_dir(&dir).unwrap();
+    let source = dir.join("source");
+    run(Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&source));
+    // Some histories on compressed files, sent with protocol 2 and compressed extents.
+    let compression = match seed % 4 {
+        0 => Some("zstd"),
+        1 => Some("zlib"),
+        2 => Some("lzo"),
+        _ => None,
+    };
+    if let Some(compression) = compression {
+        run(Command::new("btrfs")
+            .args(["property", "set"])
+            .arg(&source)
+            .args(["compression", compression]));
+    }
+    let steps = 2 + rng.below(3);
+    let mut counter = 0;
+    let mut streams = Vec::new();
+    let mut snapshots: Vec<PathBuf> = Vec::new();
+    for step in 0..steps {
+        let changes = if step == 0 { 12 } else { 1 + rng.below(8) };
+        for _ in 0..changes {
+            change(&mut rng, &source, &mut counter);
+        }
+        let snapshot = dir.join(format!("snap{step}"));
+        run(Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(&source)
+            .arg(&snapshot));
+        let stream = dir.join(format!("stream{step}"));
+        let mut sender = Command::new("btrfs");
+        sender.args(["send", "-q"]);
+        if compression.is_some() {
+            sender.args(["--proto", "2", "--compressed-data"]);
+        }
+        if let Some(parent) = snapshots.last() {
+            sender.arg("-p").arg(parent);
+        }
+        run(sender.arg("-f").arg(&stream).arg(&snapshot));
+        snapshots.push(snapshot);
+        streams.push(stream);
+    }
+    tally(&streams, counts);
+    // The oracle.
+    let received = env.btrfs_receive.join(unique_name("oracle"));
+    std::fs::create_dir(&received).unwrap();
+    for stream in &streams {
+        run(Command::new("btrfs")
+            .args(["receive", "-q", "-f"])
+            .arg(stream)
+            .arg(&received));
+    }
+    let plain = plain_base(seed);
+    let what = format!("seed {seed} ({compression:?})");
+    compare(&what, &streams, &snapshots, &received, &plain);
+    // Clean up: subvolumes, then the plain directories.
+    for subvolume in std::fs::read_dir(&received).unwrap() {
+        run(Command::new("btrfs")
+            .args(["subvolume", "delete"])
+            .arg(subvolume.unwrap().path()));
+    }
+    std::fs::remove_dir(&received).unwrap();
+    for subvolume in snapshots.iter().chain([&source]) {
+        run(Command::new("btrfs")
+            .args(["subvolume", "delete"])
+            .arg(subvolume));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&plain).unwrap();
+}
+
+/// Restores `streams` both ways into `plain` and compares each snapshot with what `btrfs
+/// receive` made of it in `received` (and directory times with the `snapshots` themselves).
+fn compare(what: &str, streams: &[PathBuf], snapshots: &[PathBuf], received: &Path, plain: &Path) {
+    // A failure's streams are kept for a look with `examples/dump.rs` (next to the plain
+    // restores, `.failed`).
+    let keep = plain.with_extension("failed");
+    let _ = std::fs::create_dir_all(&keep);
+    for stream in streams {
+        std::fs::copy(stream, keep.join(stream.file_name().unwrap())).unwrap();
+    }
+    let per_snapshot = plain_restore(
+        &plain.join("each"),
+        &{
+            std::fs::create_dir(plain.join("each")).unwrap();
+            streams.to_vec()
+        },
+        false,
+    );
+    std::fs::create_dir(plain.join("latest")).unwrap();
+    let latest = plain_restore(&plain.join("latest"), streams, true);
+    for (index, restored) in per_snapshot.iter().enumerate() {
+        let name = format!("snap{index}");
+        let expected = manifest(&received.join(&name));
+        let actual = manifest(restored);
+        assert!(
+            expected == actual,
+            "{what}, {name}: the plain restore differs from btrfs receive:{}",
+            differences(&expected, &actual)
+        );
+        let truth = directory_times(&snapshots[index]);
+        let times = directory_times(restored);
+        assert!(
+            truth == times,
+            "{what}, {name}: directory times differ from the snapshot's:{}",
+            differences(&truth, &times)
+        );
+        if index + 1 == per_snapshot.len() {
+            let in_place_times = directory_times(&latest[0]);
+            assert!(
+                truth == in_place_times,
+                "{what}, {name}: in place, directory times differ from the snapshot's:{}",
+                differences(&truth, &in_place_times)
+            );
+            let in_place = manifest(&latest[0]);
+            assert!(
+                expected == in_place,
+                "{what}, {name}: the in-place restore differs from btrfs receive:{}",
+                differences(&expected, &in_place)
+            );
+        }
+    }
+    std::fs::remove_dir_all(&keep).unwrap();
+}
+
+#[test]
+fn plain_restores_match_btrfs_receive_on_generated_histories() {
+    let Some(env) = TestEnv::get("plain_restores_match_btrfs_receive_on_generated_histories")
+    else {
+        return;
+    };
+    if let Ok(seed) = std::env::var("BTRFS2S3_HISTORY_SEED") {
+        history(env, seed.parse().unwrap(), &Tally::default());
+        return;
+    }
+    let count: u64 = std::env::var("BTRFS2S3_HISTORIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    // Two at a time: the machine has two cores, and half the time is btrfs's.
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let counts = Tally::default();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= count {
+                        break;
+                    }
+                    history(env, seed, &counts);
+                }
+            });
+        }
+    });
+    // The histories did exercise what they are for.
+    let counts = counts.into_inner().unwrap();
+    eprintln!("commands over {count} histories: {counts:?}");
+    if count >= 50 {
+        for kind in [
+            "Clone",
+            "Clone from the parent",
+            "EncodedWrite",
+            "Fallocate",
+            "Link",
+            "Mkfifo",
+            "Mknod",
+            "RemoveXattr",
+            "Rename",
+            "Rmdir",
+            "SetXattr",
+            "Symlink",
+            "Truncate",
+            "Unlink",
+            "Utimes",
+            "Write",
+        ] {
+            assert!(counts.contains_key(kind), "no {kind} in {counts:?}");
+        }
+    }
+}
