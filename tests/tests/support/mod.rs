@@ -2,7 +2,11 @@
 //! on the test S3 servers, a config file, and the real `btrfs2s3` binary.
 #![allow(dead_code)] // each test file uses a different part
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -345,4 +349,106 @@ pub fn remote_config(server: &S3Server, bucket: &str) -> RemoteConfig {
         secret_access_key: Some(Secret::new(server.secret_access_key.clone())),
         ..RemoteConfig::new(bucket)
     }
+}
+
+/// One line per name: path, type and mode, owner, size, mtime, device, content hash or
+/// symlink target, extended attributes, and the first path of its hard link group.
+///
+/// Directories' mtimes are left out: `btrfs receive` leaves a directory that the stream's
+/// temporary names passed through with the time of the receive, where btrfs2s3 gives it its
+/// time in the snapshot; [`directory_times`] compares those with the snapshot itself.
+pub fn manifest(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut groups: HashMap<u64, String> = HashMap::new();
+    let mut pending = vec![PathBuf::new()];
+    let mut paths = Vec::new();
+    while let Some(path) = pending.pop() {
+        let full = root.join(&path);
+        if std::fs::symlink_metadata(&full).unwrap().is_dir() {
+            for entry in std::fs::read_dir(&full).unwrap() {
+                pending.push(path.join(entry.unwrap().file_name()));
+            }
+        }
+        paths.push(path);
+    }
+    paths.sort();
+    for path in paths {
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full).unwrap();
+        let kind = meta.file_type();
+        let content = if kind.is_file() {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&full).unwrap().hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        } else if kind.is_symlink() {
+            String::from_utf8_lossy(std::fs::read_link(&full).unwrap().as_os_str().as_bytes())
+                .into_owned()
+        } else {
+            String::new()
+        };
+        let mut xattrs = BTreeMap::new();
+        let mut names = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(&full, &mut names).unwrap();
+        // `btrfs.` attributes are btrfs's properties (compression), which other filesystems
+        // do not have.
+        for name in names[..n]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty() && !n.starts_with(b"btrfs."))
+        {
+            let mut value = vec![0u8; 4096];
+            let length =
+                rustix::fs::lgetxattr(&full, std::ffi::OsStr::from_bytes(name), &mut value)
+                    .unwrap();
+            xattrs.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                value[..length].to_vec(),
+            );
+        }
+        let shown = path.display().to_string();
+        let group = if kind.is_dir() {
+            String::new()
+        } else {
+            groups
+                .entry(meta.ino())
+                .or_insert_with(|| shown.clone())
+                .clone()
+        };
+        let size = if kind.is_dir() { 0 } else { meta.size() };
+        let mtime = if kind.is_dir() {
+            "-".to_owned()
+        } else {
+            format!("{}.{:09}", meta.mtime(), meta.mtime_nsec())
+        };
+        lines.push(format!(
+            "{shown:?} {:o} {}:{} {size} {mtime} {} {content} {xattrs:?} link={group}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.rdev(),
+        ));
+    }
+    lines
+}
+
+/// Every directory's path and mtime.
+pub fn directory_times(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(path) = pending.pop() {
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full).unwrap();
+        if meta.is_dir() {
+            lines.push(format!(
+                "{:?} {}.{:09}",
+                path.display().to_string(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            ));
+            for entry in std::fs::read_dir(&full).unwrap() {
+                pending.push(path.join(entry.unwrap().file_name()));
+            }
+        }
+    }
+    lines.sort();
+    lines
 }

@@ -1,0 +1,164 @@
+//! `restore --plain` end to end: backups from the bucket, through `--pipe-through`, applied
+//! by btrfs2s3's own receiver to directories on tmpfs, compared with the snapshots they were
+//! sent from; resumed, in place (`--latest-only`), and refused when a stream is damaged.
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use btrfs2s3_tests::{TestEnv, unique_name};
+use support::{Fixture, directory_times, manifest, run};
+
+fn tmpfs_dir() -> PathBuf {
+    let dir = PathBuf::from("/dev/shm").join(unique_name("plain"));
+    std::fs::create_dir(&dir).unwrap();
+    dir
+}
+
+fn restore(fixture: &Fixture, dest: &Path, extra: &[&str]) -> Output {
+    let dest = dest.to_string_lossy().into_owned();
+    let mut args = vec![
+        "restore",
+        "--plain",
+        "--dest",
+        &dest,
+        "--pipe-through",
+        "gunzip",
+    ];
+    args.extend_from_slice(extra);
+    fixture.btrfs2s3(&args)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The restored directory holds what the snapshot holds, directory times included.
+fn assert_same(snapshot: &Path, restored: &Path) {
+    assert_eq!(
+        manifest(snapshot),
+        manifest(restored),
+        "{}",
+        restored.display()
+    );
+    assert_eq!(directory_times(snapshot), directory_times(restored));
+}
+
+#[test]
+fn plain_restores_are_the_snapshots_on_any_filesystem() {
+    let Some(env) = TestEnv::get("plain_restores_are_the_snapshots_on_any_filesystem") else {
+        return;
+    };
+    let fixture = Fixture::new(env, "plain", &["moto"]);
+    fixture.write_config("1y 1d", &[&["gzip"]]);
+    let source = &fixture.source;
+    std::fs::create_dir_all(source.join("dir/deeper")).unwrap();
+    fixture.write("dir/a", &vec![7u8; 300_000]);
+    std::fs::hard_link(source.join("dir/a"), source.join("dir/deeper/a-again")).unwrap();
+    std::os::unix::fs::symlink("dir/a", source.join("link")).unwrap();
+    let sparse = std::fs::File::create(source.join("sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", 8 << 20).unwrap();
+    run(Command::new("setfattr")
+        .args(["-n", "user.note", "-v", "kept"])
+        .arg(source.join("dir/a")));
+    std::os::unix::fs::chown(source.join("dir/deeper"), Some(1000), Some(100)).unwrap();
+    fixture.update(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The differential: a rename, a reflink copy of a file that then changes, a removal.
+    std::fs::rename(source.join("dir"), source.join("moved")).unwrap();
+    run(Command::new("cp")
+        .arg("--reflink=always")
+        .arg(source.join("moved/a"))
+        .arg(source.join("copy")));
+    fixture.write("moved/a", b"changed");
+    std::fs::remove_file(source.join("sparse")).unwrap();
+    fixture.update(&[]);
+    let names = fixture.snapshot_names();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    let dest = tmpfs_dir();
+    let output = restore(&fixture, &dest, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("done: 2 backup(s) restored"),
+        "{}",
+        text(&output)
+    );
+    for name in &names {
+        assert_same(&fixture.snapshots.join(name), &dest.join(name));
+    }
+    // Run again: what is there is skipped.
+    let output = restore(&fixture, &dest, &[]);
+    assert!(text(&output).contains("nothing to do"), "{}", text(&output));
+
+    // Only the newest, in one working tree.
+    let latest = tmpfs_dir();
+    let output = restore(&fixture, &latest, &["--latest-only"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let restored: Vec<String> = std::fs::read_dir(&latest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert_eq!(restored, [names[1].clone()]);
+    assert_same(&fixture.snapshots.join(&names[1]), &latest.join(&names[1]));
+
+    // A damaged differential: the restore fails naming the byte, and leaves no directory
+    // under the snapshot's name, and nothing half-applied.
+    let damaged = tmpfs_dir();
+    let mut keys = fixture.keys(0);
+    keys.sort_by_key(|key| fixture.download(0, key).len());
+    let diff = &keys[0];
+    let mut bytes = run_gunzip(&fixture.download(0, diff));
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    fixture.put(0, diff, &run_gzip(&bytes));
+    let output = restore(&fixture, &damaged, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("is damaged"), "{}", text(&output));
+    let left: Vec<String> = std::fs::read_dir(&damaged)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.contains(&names[0]), "{left:?}");
+    assert!(!left.contains(&names[1]), "{left:?}");
+    assert!(
+        !left.iter().any(|name| name.contains("partial")),
+        "{left:?}"
+    );
+    for dir in [dest, latest, damaged] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+fn filter(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success());
+    output.stdout
+}
+
+fn run_gzip(input: &[u8]) -> Vec<u8> {
+    filter("gzip", &["-c"], input)
+}
+
+fn run_gunzip(input: &[u8]) -> Vec<u8> {
+    filter("gunzip", &["-c"], input)
+}
