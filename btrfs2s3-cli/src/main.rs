@@ -92,6 +92,9 @@ enum Command {
     /// List the files of one backup (type, mode, owner, size, mtime, path), read from its
     /// chain of streams without btrfs.
     Ls(remotes::LsArgs),
+    /// Extract files or directories of one backup, as they are in it, onto any filesystem
+    /// without btrfs.
+    Extract(remotes::ExtractArgs),
     /// Simulate policies over the years before the first upload: objects and GiB stored by
     /// storage class, uploads and deletes, restore chains, and what it all costs per month.
     Simulate(simulate::SimulateArgs),
@@ -285,6 +288,7 @@ fn main() -> ExitCode {
         Command::Check(args) => daemon::check(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Ls(args) => remotes::ls(&args),
+        Command::Extract(args) => remotes::extract(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "btrfs2s3", &mut std::io::stdout());

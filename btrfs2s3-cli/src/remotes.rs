@@ -736,6 +736,71 @@ pub fn ls(args: &LsArgs) -> u8 {
     })
 }
 
+/// Arguments of `extract`.
+#[derive(Debug, clap::Args)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub remotes: RemoteArgs,
+    /// The backup (a snapshot uuid or its start, as `list` shows it).
+    #[arg(long, value_name = "UUID")]
+    pub uuid: UuidPrefix,
+    /// A file or directory to extract (with what is below it), from the snapshot's root;
+    /// repeat for several.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub path: Vec<String>,
+    /// Where to put them: each path lands at DIR/PATH (DIR is created if needed; a path that
+    /// exists there is an error).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// A command each stream goes through before it is read (e.g. "gunzip"), as for
+    /// `restore`.
+    #[arg(long = "pipe-through", value_name = "CMD")]
+    pub pipe_through: Vec<String>,
+}
+
+/// `btrfs2s3 extract`.
+pub fn extract(args: &ExtractArgs) -> u8 {
+    let target = match target(&args.remotes, true) {
+        Ok(target) => target,
+        Err(code) => return code,
+    };
+    let pipe_through = match split_all(&args.pipe_through) {
+        Ok(commands) => commands,
+        Err(code) => return code,
+    };
+    let options = run::ExtractOptions {
+        uuid: args.uuid.clone(),
+        paths: args.path.clone(),
+        to: args.to.clone(),
+        pipe_through,
+    };
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    crate::with_runtime(|cancel| async move {
+        match run::extract(&target, &options, &progress, &cancel).await {
+            Ok(report) => {
+                print_notes(&report.notes);
+                for path in &report.extracted {
+                    println!("extracted {}", escape(&path.to_string_lossy()));
+                }
+                println!(
+                    "done: from backup {} ({} downloaded: the chain is read twice)",
+                    escape(&report.key),
+                    bytes(report.downloaded)
+                );
+                exit::OK
+            }
+            Err(error) => {
+                crate::print_error(&error);
+                if error.is_usage() {
+                    exit::USAGE
+                } else {
+                    exit::FAILURE
+                }
+            }
+        }
+    })
+}
+
 /// `drwxr-xr-x`: the type and the permission bits, as `ls -l` shows them.
 fn mode_string(kind: &str, mode: u64) -> String {
     let mut text = String::with_capacity(10);

@@ -34,6 +34,7 @@
 
 mod crc;
 mod decode;
+pub mod extract;
 pub mod model;
 pub mod receive;
 

@@ -528,6 +528,7 @@ fn history(env: &TestEnv, seed: u64, counts: &Tally) {
     let plain = plain_base(seed);
     let what = format!("seed {seed} ({compression:?})");
     compare(&what, &streams, &snapshots, &received, &plain);
+    extract_some(&mut rng, &what, &streams, &received, &plain);
     // Clean up: subvolumes, then the plain directories.
     for subvolume in std::fs::read_dir(&received).unwrap() {
         run(Command::new("btrfs")
@@ -542,6 +543,108 @@ fn history(env: &TestEnv, seed: u64, counts: &Tally) {
     }
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&plain).unwrap();
+}
+
+/// Extracts a few random paths of the last snapshot as `extract` does (a first pass for the
+/// clones, a second with only the needed data, in place) and compares them with what `btrfs
+/// receive` made; files whose data was not needed stay empty.
+fn extract_some(rng: &mut Rng, what: &str, streams: &[PathBuf], received: &Path, plain: &Path) {
+    use btrfs2s3_stream::extract;
+    let mut tree = Tree::new();
+    let mut chain = Vec::new();
+    for (index, stream) in streams.iter().enumerate() {
+        let mut next = if index == 0 {
+            Tree::new()
+        } else {
+            Tree::from_parent(&tree)
+        };
+        let reader = std::io::BufReader::new(std::fs::File::open(stream).unwrap());
+        chain.push(extract::read(reader, &mut next).unwrap());
+        tree = next;
+    }
+    let names: Vec<Vec<u8>> = tree
+        .entries()
+        .map(|(path, _)| path.to_vec())
+        .filter(|path| !path.is_empty())
+        .collect();
+    let mut wanted: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..3 {
+        if let Some(path) = rng.pick(&names)
+            && !wanted
+                .iter()
+                .any(|w| extract::is_below(path, w) || extract::is_below(w, path))
+        {
+            wanted.push(path.clone());
+        }
+    }
+    let paths: Vec<&[u8]> = wanted.iter().map(Vec::as_slice).collect();
+    let needed = extract::needed(&tree, &paths, &chain);
+    let work = plain.join("extract");
+    let shadow = plain.join("extract-shadow");
+    std::fs::create_dir(&work).unwrap();
+    let mut model = Tree::new();
+    let mut uuid = None;
+    for (index, (stream, data)) in streams.iter().zip(&needed).enumerate() {
+        let parent = match uuid {
+            None => Parent::None,
+            Some(uuid) => {
+                let _ = std::fs::remove_dir_all(&shadow);
+                std::fs::create_dir(&shadow).unwrap();
+                Parent::InPlace {
+                    uuid,
+                    shadow: shadow.clone(),
+                }
+            }
+        };
+        let start = if index == 0 {
+            Tree::new()
+        } else {
+            Tree::from_parent(&model)
+        };
+        let options = Options {
+            owners: true,
+            data: Some(data.clone()),
+        };
+        let applier = Receiver::new(&work, start, &parent, options).unwrap();
+        let reader = std::io::BufReader::new(std::fs::File::open(stream).unwrap());
+        let done = applier
+            .receive(reader, index + 1 == streams.len())
+            .unwrap_or_else(|error| panic!("{what}: extract: {error}"));
+        uuid = Some(done.uuid);
+        model = done.tree;
+    }
+    let last = received.join(format!("snap{}", streams.len() - 1));
+    for path in &wanted {
+        let relative = PathBuf::from(String::from_utf8_lossy(path).as_ref());
+        let (expected, actual) = (
+            manifest(&last.join(&relative)),
+            manifest(&work.join(&relative)),
+        );
+        assert!(
+            expected == actual,
+            "{what}: extract of {} differs from btrfs receive:{}",
+            relative.display(),
+            differences(&expected, &actual)
+        );
+    }
+    // What was not asked for, nor cloned from, has its name but no data.
+    let any: std::collections::HashSet<u64> = needed.iter().flatten().copied().collect();
+    for (path, inode) in model.entries() {
+        let ino = model.ino(path).unwrap();
+        if inode.node == btrfs2s3_stream::model::Node::File && !any.contains(&ino) {
+            let relative = PathBuf::from(String::from_utf8_lossy(path).as_ref());
+            let size = std::fs::symlink_metadata(work.join(&relative))
+                .unwrap()
+                .len();
+            assert_eq!(
+                size,
+                0,
+                "{what}: {} was not asked for but has data",
+                relative.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&shadow);
 }
 
 /// Restores `streams` both ways into `plain` and compares each snapshot with what `btrfs

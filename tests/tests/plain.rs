@@ -110,11 +110,12 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     assert_eq!(restored, [names[1].clone()]);
     assert_same(&fixture.snapshots.join(&names[1]), &latest.join(&names[1]));
 
+    check_extract(&fixture, &names[1]);
+
     // A damaged differential: the restore fails naming the byte, and leaves no directory
     // under the snapshot's name, and nothing half-applied.
     let damaged = tmpfs_dir();
-    let mut keys = fixture.keys(0);
-    keys.sort_by_key(|key| fixture.download(0, key).len());
+    let keys = keys_by_size(&fixture);
     let diff = &keys[0];
     let mut bytes = run_gunzip(&fixture.download(0, diff));
     let middle = bytes.len() / 2;
@@ -136,6 +137,88 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     for dir in [dest, latest, damaged] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// `extract` of two paths of the newest backup (named `newest_name`), from its chain: the
+/// reflinked copy's data came from the full backup's file.
+fn check_extract(fixture: &Fixture, newest_name: &str) {
+    let to = tmpfs_dir().join("out");
+    let newest = btrfs2s3_s3::BackupMeta::parse_key(&keys_by_size(fixture)[0])
+        .unwrap()
+        .uuid
+        .to_string();
+    let to_text = to.to_string_lossy().into_owned();
+    let output = fixture.btrfs2s3(&[
+        "extract",
+        "--uuid",
+        &newest,
+        "--path",
+        "copy",
+        "--path",
+        "moved/deeper",
+        "--to",
+        &to_text,
+        "--pipe-through",
+        "gunzip",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let snapshot = fixture.snapshots.join(newest_name);
+    for path in ["copy", "moved/deeper"] {
+        assert_eq!(
+            manifest(&snapshot.join(path)),
+            manifest(&to.join(path)),
+            "{path}"
+        );
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&to)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["copy", "moved"]);
+    // Again: the paths exist now, a usage error; so is a path the backup lacks.
+    let output = fixture.btrfs2s3(&[
+        "extract",
+        "--uuid",
+        &newest,
+        "--path",
+        "copy",
+        "--to",
+        &to_text,
+        "--pipe-through",
+        "gunzip",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("exists already"),
+        "{}",
+        text(&output)
+    );
+    let output = fixture.btrfs2s3(&[
+        "extract",
+        "--uuid",
+        &newest,
+        "--path",
+        "nowhere",
+        "--to",
+        &to_text,
+        "--pipe-through",
+        "gunzip",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("has no \"nowhere\""),
+        "{}",
+        text(&output)
+    );
+    std::fs::remove_dir_all(to.parent().unwrap()).unwrap();
+}
+
+/// The keys of remote 0, smallest first (the differential before the full backup).
+fn keys_by_size(fixture: &Fixture) -> Vec<String> {
+    let mut keys = fixture.keys(0);
+    keys.sort_by_key(|key| fixture.download(0, key).len());
+    keys
 }
 
 fn filter(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {

@@ -110,33 +110,17 @@ pub async fn ls(
     ui: &impl TransferUi,
     cancel: &Cancel,
 ) -> Result<LsReport, LsError> {
-    let [remote] = target.remotes.as_slice() else {
-        return Err(ReadError::NotOneRemote {
-            count: target.remotes.len(),
-        }
-        .into());
-    };
-    let commands =
-        restore::undo_chain(&options.pipe_through, Trustee::current()).map_err(ReadError::from)?;
-    let (client, catalog) = read_catalog(remote, cancel).await?;
-    let chain = catalog
-        .select(&Selection::Uuid(options.uuid.clone()))
-        .map_err(ReadError::from)?;
-    // A backup and its ancestors form one line; a source's backups do not.
+    let Chain {
+        remote,
+        client,
+        commands,
+        backups: chain,
+    } = chain(target, &options.uuid, &options.pipe_through, cancel).await?;
     let Some(last) = chain.last() else {
         return Err(LsError::NotOneBackup {
             uuid: options.uuid.clone(),
         });
     };
-    if !options.uuid.matches(last.meta.uuid)
-        || chain
-            .windows(2)
-            .any(|pair| pair[1].meta.send_parent_uuid != Some(pair[0].meta.uuid))
-    {
-        return Err(LsError::NotOneBackup {
-            uuid: options.uuid.clone(),
-        });
-    }
     let mut tree = Tree::new();
     for backup in &chain {
         let ctime = btrfs2s3_s3::format_ctime(backup.meta.ctime, &target.timezone);
@@ -192,15 +176,60 @@ pub async fn ls(
     Ok(LsReport { key, entries })
 }
 
+/// One backup's chain: the full backup, then each differential down to it.
+pub(super) struct Chain<'t> {
+    pub remote: &'t crate::config::Remote,
+    pub client: btrfs2s3_s3::Remote,
+    pub commands: Vec<crate::pipeline::PipeCommand>,
+    pub backups: Vec<crate::plan::BackupState>,
+}
+
+/// Reads the one remote of `target` and selects the chain of backup `uuid`; the commands
+/// that undo `pipe_through` are checked.
+pub(super) async fn chain<'t>(
+    target: &'t Target,
+    uuid: &UuidPrefix,
+    pipe_through: &[Vec<String>],
+    cancel: &Cancel,
+) -> Result<Chain<'t>, LsError> {
+    let [remote] = target.remotes.as_slice() else {
+        return Err(ReadError::NotOneRemote {
+            count: target.remotes.len(),
+        }
+        .into());
+    };
+    let commands =
+        restore::undo_chain(pipe_through, Trustee::current()).map_err(ReadError::from)?;
+    let (client, catalog) = read_catalog(remote, cancel).await?;
+    let backups: Vec<crate::plan::BackupState> = catalog
+        .select(&Selection::Uuid(uuid.clone()))
+        .map_err(ReadError::from)?
+        .into_iter()
+        .cloned()
+        .collect();
+    // A backup and its ancestors form one line; a source's backups do not.
+    let one_line = backups
+        .last()
+        .is_some_and(|last| uuid.matches(last.meta.uuid))
+        && backups
+            .windows(2)
+            .all(|pair| pair[1].meta.send_parent_uuid == Some(pair[0].meta.uuid));
+    if !one_line {
+        return Err(LsError::NotOneBackup { uuid: uuid.clone() });
+    }
+    Ok(Chain {
+        remote,
+        client,
+        commands,
+        backups,
+    })
+}
+
 /// The names of `tree` at and below `wanted` (all of them without).
 fn entries(tree: &Tree, wanted: Option<&[u8]>) -> Vec<LsEntry> {
     tree.entries()
-        .filter(|(path, _)| match wanted {
-            None | Some([]) => true,
-            Some(wanted) => {
-                path.starts_with(wanted)
-                    && (path.len() == wanted.len() || path.get(wanted.len()) == Some(&b'/'))
-            }
+        .filter(|(path, _)| {
+            wanted.is_none_or(|wanted| btrfs2s3_stream::extract::is_below(path, wanted))
         })
         .map(|(path, inode)| LsEntry {
             path: String::from_utf8_lossy(path).into_owned(),

@@ -5,6 +5,7 @@
 
 mod archive;
 mod check;
+mod extract;
 mod ls;
 mod plain;
 mod read;
@@ -14,6 +15,7 @@ mod update;
 pub use archive::{ArchiveOptions, ArchiveStatus, ArchiveUi, RestoreTier};
 pub use btrfs2s3_stream::receive::Notes;
 pub use check::{CheckLine, check};
+pub use extract::{ExtractError, ExtractOptions, ExtractReport, extract};
 pub use ls::{LsEntry, LsError, LsOptions, LsReport, ls};
 pub use read::{
     BackupLabel, Plain, ReadError, ReceiveFailure, RestoreOptions, RestorePlan, RestoreReport,

@@ -363,7 +363,11 @@ pub fn manifest(root: &Path) -> Vec<String> {
     let mut pending = vec![PathBuf::new()];
     let mut paths = Vec::new();
     while let Some(path) = pending.pop() {
-        let full = root.join(&path);
+        let full = if path.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&path)
+        };
         if std::fs::symlink_metadata(&full).unwrap().is_dir() {
             for entry in std::fs::read_dir(&full).unwrap() {
                 pending.push(path.join(entry.unwrap().file_name()));
@@ -373,7 +377,11 @@ pub fn manifest(root: &Path) -> Vec<String> {
     }
     paths.sort();
     for path in paths {
-        let full = root.join(&path);
+        let full = if path.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&path)
+        };
         let meta = std::fs::symlink_metadata(&full).unwrap();
         let kind = meta.file_type();
         let content = if kind.is_file() {
@@ -435,7 +443,11 @@ pub fn directory_times(root: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(path) = pending.pop() {
-        let full = root.join(&path);
+        let full = if path.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&path)
+        };
         let meta = std::fs::symlink_metadata(&full).unwrap();
         if meta.is_dir() {
             lines.push(format!(
