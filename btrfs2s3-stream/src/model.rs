@@ -97,6 +97,8 @@ pub struct Tree {
     nodes: BTreeMap<Vec<u8>, Node>,
     /// The inode of each name.
     inos: HashMap<Vec<u8>, u64>,
+    /// The names of each inode, kept once [`Tree::index_names`] asked for them.
+    names: Option<HashMap<u64, Vec<Vec<u8>>>>,
     /// What the stream said of each inode.
     inodes: HashMap<u64, Inode>,
     /// Inode numbers for names of a parent snapshot this model has not seen.
@@ -127,6 +129,7 @@ impl Tree {
         Tree {
             nodes: parent.nodes.clone(),
             inos: parent.inos.clone(),
+            names: None,
             inodes: parent.inodes.clone(),
             next_unknown: parent.next_unknown,
             unknown_base: parent.unknown_base,
@@ -165,13 +168,58 @@ impl Tree {
         self.inos.get(path).copied()
     }
 
-    /// A path of inode `ino`, if the tree still has one (the first in path order).
+    /// A path of inode `ino`, if the tree still has one: at once after
+    /// [`Tree::index_names`], else by a look at every name.
     #[must_use]
     pub fn path_of(&self, ino: u64) -> Option<&[u8]> {
-        self.nodes
-            .keys()
-            .find(|path| self.inos.get(*path) == Some(&ino))
-            .map(Vec::as_slice)
+        match &self.names {
+            Some(names) => names.get(&ino)?.iter().min().map(Vec::as_slice),
+            None => self
+                .nodes
+                .keys()
+                .find(|path| self.inos.get(*path) == Some(&ino))
+                .map(Vec::as_slice),
+        }
+    }
+
+    /// Keeps an index from inodes to their names from now on, for [`Tree::path_of`] (a
+    /// receiver cloning from a parent's files looks them up often).
+    pub fn index_names(&mut self) {
+        let mut names: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        for (path, ino) in &self.inos {
+            names.entry(*ino).or_default().push(path.clone());
+        }
+        self.names = Some(names);
+    }
+
+    /// Gives `path` inode `ino`.
+    fn bind(&mut self, path: Vec<u8>, ino: u64) {
+        if let Some(old) = self.inos.insert(path.clone(), ino) {
+            self.forget_name(old, &path);
+        }
+        if let Some(names) = &mut self.names {
+            names.entry(ino).or_default().push(path);
+        }
+    }
+
+    /// Takes `path`'s inode away; returns it.
+    fn unbind(&mut self, path: &[u8]) -> Option<u64> {
+        let ino = self.inos.remove(path)?;
+        self.forget_name(ino, path);
+        Some(ino)
+    }
+
+    fn forget_name(&mut self, ino: u64, path: &[u8]) {
+        if let Some(names) = &mut self.names
+            && let Some(paths) = names.get_mut(&ino)
+        {
+            if let Some(at) = paths.iter().position(|p| p == path) {
+                paths.swap_remove(at);
+            }
+            if paths.is_empty() {
+                names.remove(&ino);
+            }
+        }
     }
 
     /// Adds a name found on disk (see [`crate::receive::scan`]); `key` tells hard links apart.
@@ -402,7 +450,7 @@ impl Tree {
             ino
         };
         self.nodes.insert(path.to_vec(), node);
-        self.inos.insert(path.to_vec(), ino);
+        self.bind(path.to_vec(), ino);
         Ok(())
     }
 
@@ -424,13 +472,13 @@ impl Tree {
             }
         }
         self.nodes.remove(path);
-        self.inos.remove(path);
+        self.unbind(path);
         Ok(())
     }
 
     fn add(&mut self, path: Vec<u8>, ino: u64, inode: Inode) {
         self.nodes.insert(path.clone(), inode.node);
-        self.inos.insert(path, ino);
+        self.bind(path, ino);
         self.inodes.entry(ino).or_insert(inode);
     }
 
@@ -491,20 +539,20 @@ impl Tree {
             return Err("is renamed over a directory that is not empty");
         }
         let node = self.nodes.remove(from);
-        let ino = self.inos.remove(from);
+        let ino = self.unbind(from);
         // A directory moves with everything below it.
         let below: Vec<Vec<u8>> = self.children(from).cloned().collect();
         // Whatever the new name held is replaced (as rename(2) replaces a file).
         self.nodes.remove(to);
-        self.inos.remove(to);
+        self.unbind(to);
         for old in below {
             let mut new = to.to_vec();
             new.extend_from_slice(&old[from.len()..]);
             if let Some(child) = self.nodes.remove(&old) {
                 self.nodes.insert(new.clone(), child);
             }
-            if let Some(child) = self.inos.remove(&old) {
-                self.inos.insert(new, child);
+            if let Some(child) = self.unbind(&old) {
+                self.bind(new, child);
             }
         }
         let (node, ino) = if let (Some(node), Some(ino)) = (node, ino) {
@@ -516,7 +564,7 @@ impl Tree {
             (Node::File, ino)
         };
         self.nodes.insert(to.to_vec(), node);
-        self.inos.insert(to.to_vec(), ino);
+        self.bind(to.to_vec(), ino);
         Ok(())
     }
 }
@@ -804,5 +852,32 @@ mod tests {
             ),
             Err((1, "already exists"))
         );
+    }
+
+    proptest::proptest! {
+        /// With its index of names, `path_of` answers as a look at every name does, whatever
+        /// names come, go and move.
+        #[test]
+        fn the_index_of_names_agrees_with_a_look_at_every_name(
+            steps in proptest::collection::vec((0..5usize, 0..6usize, 0..6usize), 1..60)
+        ) {
+            const NAMES: [&str; 6] = ["a", "b", "a/c", "b/d", "a/c/e", "f"];
+            let kinds = [Kind::Mkdir, Kind::Mkfile, Kind::Rename, Kind::Link, Kind::Unlink];
+            let mut indexed = Tree::new();
+            let mut plain = Tree::new();
+            let start = commands(&[(Kind::Subvol, "home", "")]);
+            indexed.apply(&start[0]).unwrap();
+            plain.apply(&start[0]).unwrap();
+            indexed.index_names();
+            for (kind, path, other) in steps {
+                let step = [(kinds[kind], NAMES[path], NAMES[other])];
+                let command = &commands(&step)[0];
+                let (a, b) = (indexed.apply(command).is_ok(), plain.apply(command).is_ok());
+                proptest::prop_assert_eq!(a, b);
+                for ino in plain.inos.values() {
+                    proptest::prop_assert_eq!(indexed.path_of(*ino), plain.path_of(*ino));
+                }
+            }
+        }
     }
 }

@@ -347,7 +347,12 @@ impl Receiver {
     /// A receiver that applies a stream to the directory `root` (empty for a full stream; the
     /// parent's tree for a differential), whose model is `tree` ([`Tree::new`], or
     /// [`Tree::from_parent`] of the parent's).
-    pub fn new(root: &Path, tree: Tree, parent: &Parent, options: Options) -> io::Result<Receiver> {
+    pub fn new(
+        root: &Path,
+        mut tree: Tree,
+        parent: &Parent,
+        options: Options,
+    ) -> io::Result<Receiver> {
         let root = open_root(root)?;
         let (parent_uuid, parent_dir, shadow) = match parent {
             Parent::None => (None, None, None),
@@ -357,12 +362,15 @@ impl Receiver {
                     .entries()
                     .filter_map(|(path, _)| tree.ino(path))
                     .collect();
+                let parent = tree.clone();
+                // Clones from the parent look up where its files are now.
+                tree.index_names();
                 (
                     Some(*uuid),
                     None,
                     Some(Shadow {
                         dir: open_root(shadow)?,
-                        parent: tree.clone(),
+                        parent,
                         parent_inos,
                         created: HashSet::new(),
                         kept: HashMap::new(),
@@ -370,6 +378,23 @@ impl Receiver {
                 )
             }
         };
+        // Device nodes an earlier stream could not create (without root) are not there.
+        let mut skipped = HashSet::new();
+        for (path, inode) in tree.entries() {
+            if inode.node != Node::Special {
+                continue;
+            }
+            let (dir, name) = split(path);
+            let missing = open_dir(&root, dir).is_ok_and(|dir| {
+                matches!(
+                    rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW),
+                    Err(rustix::io::Errno::NOENT)
+                )
+            });
+            if missing && let Some(ino) = tree.ino(path) {
+                skipped.insert(ino);
+            }
+        }
         Ok(Receiver {
             root,
             tree,
@@ -380,7 +405,7 @@ impl Receiver {
             subvolume: None,
             open: None,
             capabilities: HashMap::new(),
-            skipped: HashSet::new(),
+            skipped,
             touched: HashSet::new(),
             notes: Notes::default(),
             commands: 0,
@@ -414,9 +439,12 @@ impl Receiver {
         let before = self.keep_before(command)?;
         // Whether the command is about a device node left out (looked up before an unlink
         // or rename takes the name from the model).
-        let skipped = command
-            .get(Attribute::Path)
-            .is_some_and(|path| self.is_skipped(path));
+        let about = if command.kind() == Kind::Link {
+            Attribute::PathLink
+        } else {
+            Attribute::Path
+        };
+        let skipped = command.get(about).is_some_and(|path| self.is_skipped(path));
         self.tree.apply(command)?;
         let path = command.get(Attribute::Path).unwrap_or_default().to_vec();
         let failed = |source: io::Error| {

@@ -466,8 +466,18 @@ fn tally(streams: &[PathBuf], counts: &Tally) {
     }
 }
 
+/// What a history is compared by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// As root: every way of restoring, and extracts.
+    Root,
+    /// As a user without root (`nobody`), the `apply` example in place: the same but for
+    /// owners and device nodes.
+    User,
+}
+
 /// One history: generated, snapshotted, sent, received both ways and compared.
-fn history(env: &TestEnv, seed: u64, counts: &Tally) {
+fn history(env: &TestEnv, seed: u64, counts: &Tally, check: Check) {
     let mut rng = Rng(seed);
     let dir = env.btrfs.join(unique_name("oracle"));
     std::fs::create_dir(&dir).unwrap();
@@ -527,8 +537,13 @@ fn history(env: &TestEnv, seed: u64, counts: &Tally) {
     }
     let plain = plain_base(seed);
     let what = format!("seed {seed} ({compression:?})");
-    compare(&what, &streams, &snapshots, &received, &plain);
-    extract_some(&mut rng, &what, &streams, &received, &plain);
+    match check {
+        Check::Root => {
+            compare(&what, &streams, &snapshots, &received, &plain);
+            extract_some(&mut rng, &what, &streams, &received, &plain);
+        }
+        Check::User => as_user(&what, &streams, &received, &plain),
+    }
     // Clean up: subvolumes, then the plain directories.
     for subvolume in std::fs::read_dir(&received).unwrap() {
         run(Command::new("btrfs")
@@ -647,6 +662,84 @@ fn extract_some(rng: &mut Rng, what: &str, streams: &[PathBuf], received: &Path,
     let _ = std::fs::remove_dir_all(&shadow);
 }
 
+/// The `apply` example (what `restore --plain --latest-only` runs), built once.
+fn apply_example() -> &'static Path {
+    static APPLY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    APPLY.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "btrfs2s3-stream",
+                "--example",
+                "apply",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the apply example failed");
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/apply")
+    })
+}
+
+/// Applies the streams as `nobody` and compares the newest snapshot with `btrfs receive`'s:
+/// the same, but every name is nobody's and device nodes are left out.
+fn as_user(what: &str, streams: &[PathBuf], received: &Path, plain: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dest = plain.join("user");
+    std::fs::create_dir(&dest).unwrap();
+    std::os::unix::fs::chown(&dest, Some(65534), Some(65534)).unwrap();
+    for stream in streams {
+        std::fs::set_permissions(stream, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(apply_example())
+        .arg(&dest)
+        .args(streams)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{what}: apply as nobody: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let name = format!("snap{}", streams.len() - 1);
+    let mask = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            // Device nodes: character (0o02) and block (0o06) special files.
+            .filter(|line| {
+                let mode = line.split(' ').nth(1).unwrap_or_default();
+                !(mode.len() == 5 && (mode.starts_with('2') || mode.starts_with('6')))
+            })
+            .map(|line| {
+                let mut fields: Vec<&str> = line.splitn(4, ' ').collect();
+                fields[2] = "-";
+                fields.join(" ")
+            })
+            .collect()
+    };
+    let expected = mask(manifest(&received.join(&name)));
+    let restored = manifest(&dest.join(&name));
+    assert!(
+        restored.iter().all(|line| line.contains(" 65534:65534 ")),
+        "{what}: a name not nobody's: {restored:?}"
+    );
+    let actual = mask(restored);
+    assert!(
+        expected == actual,
+        "{what}: as nobody, the restore differs from btrfs receive:{}",
+        differences(&expected, &actual)
+    );
+}
+
 /// Restores `streams` both ways into `plain` and compares each snapshot with what `btrfs
 /// receive` made of it in `received` (and directory times with the `snapshots` themselves).
 fn compare(what: &str, streams: &[PathBuf], snapshots: &[PathBuf], received: &Path, plain: &Path) {
@@ -708,7 +801,7 @@ fn plain_restores_match_btrfs_receive_on_generated_histories() {
         return;
     };
     if let Ok(seed) = std::env::var("BTRFS2S3_HISTORY_SEED") {
-        history(env, seed.parse().unwrap(), &Tally::default());
+        history(env, seed.parse().unwrap(), &Tally::default(), Check::Root);
         return;
     }
     let count: u64 = std::env::var("BTRFS2S3_HISTORIES")
@@ -726,7 +819,7 @@ fn plain_restores_match_btrfs_receive_on_generated_histories() {
                     if seed >= count {
                         break;
                     }
-                    history(env, seed, &counts);
+                    history(env, seed, &counts, Check::Root);
                 }
             });
         }
@@ -755,5 +848,17 @@ fn plain_restores_match_btrfs_receive_on_generated_histories() {
         ] {
             assert!(counts.contains_key(kind), "no {kind} in {counts:?}");
         }
+    }
+}
+
+#[test]
+fn without_root_a_plain_restore_differs_only_in_owners_and_devices() {
+    let Some(env) = TestEnv::get("without_root_a_plain_restore_differs_only_in_owners_and_devices")
+    else {
+        return;
+    };
+    // Other seeds than the test above's, a few dozen.
+    for seed in 10_000..10_030 {
+        history(env, seed, &Tally::default(), Check::User);
     }
 }

@@ -8,6 +8,7 @@
 //! - `cargo xtask bench scale`: two remotes against one, parallel sources, bandwidth limits,
 //!   send protocol 2 (see `scale`).
 //! - `cargo xtask bench simulate`: `simulate` over three years of 15-minute snapshots.
+//! - `cargo xtask bench restore`: btrfs2s3's own receiver against `btrfs receive`.
 //!
 //! Tables go to standard output, the same figures as JSON under `target/bench/`.
 
@@ -21,6 +22,7 @@
 
 mod compare;
 mod measure;
+mod restore;
 mod scale;
 mod simulate;
 mod upload;
@@ -31,12 +33,13 @@ use std::path::{Path, PathBuf};
 use crate::{Result, cmd};
 
 const USAGE: &str = "\
-usage: cargo xtask bench [upload|scale|simulate] [--size-mib N] [--runs N] [--objects N] [--snapshots N]
+usage: cargo xtask bench [upload|scale|simulate|restore] [--size-mib N] [--runs N] [--objects N] [--snapshots N]
 
   (no name)   full and differential backups, planning and start-up against the Python tool
   upload      the upload path alone against a plain PutObject
   scale       two remotes against one, parallel sources, --rate-limit, send protocol 2
   simulate    `simulate` over 3 years of 15-minute snapshots for three policies
+  restore     btrfs2s3's own receiver (restore --plain) against btrfs receive
 
   --size-mib N    data in the source, or uploaded (default 1024)
   --runs N        measured runs of everything (default 3; start-up runs 10 times as many)
@@ -88,6 +91,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("upload") => upload::run(options.size_mib, options.runs),
         Some("scale") => scale::run(&options),
         Some("simulate") => simulate::run(&options),
+        Some("restore") => restore::run(&options),
         Some(other) => Err(format!("unknown benchmark {other}\n{USAGE}").into()),
     }
 }
