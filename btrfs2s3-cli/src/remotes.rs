@@ -324,6 +324,13 @@ pub struct RestoreArgs {
     pub archive: ArchiveArgs,
 }
 
+/// The one remote a read command reads (`target`), and its `--pipe-through` commands split
+/// into arguments; an exit code when either is wrong.
+fn reader(remotes: &RemoteArgs, pipe_through: &[String]) -> Result<(Target, Vec<Vec<String>>), u8> {
+    let target = target(remotes, true)?;
+    Ok((target, split_all(pipe_through)?))
+}
+
 fn split_all(commands: &[String]) -> Result<Vec<Vec<String>>, u8> {
     commands
         .iter()
@@ -337,12 +344,8 @@ fn split_all(commands: &[String]) -> Result<Vec<Vec<String>>, u8> {
 
 /// `btrfs2s3 restore`.
 pub fn restore(args: &RestoreArgs) -> u8 {
-    let target = match target(&args.remotes, true) {
-        Ok(target) => target,
-        Err(code) => return code,
-    };
-    let pipe_through = match split_all(&args.pipe_through) {
-        Ok(commands) => commands,
+    let (target, pipe_through) = match reader(&args.remotes, &args.pipe_through) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let options = RestoreOptions {
@@ -696,12 +699,8 @@ pub struct LsArgs {
 
 /// `btrfs2s3 ls`.
 pub fn ls(args: &LsArgs) -> u8 {
-    let target = match target(&args.remotes, true) {
-        Ok(target) => target,
-        Err(code) => return code,
-    };
-    let pipe_through = match split_all(&args.pipe_through) {
-        Ok(commands) => commands,
+    let (target, pipe_through) = match reader(&args.remotes, &args.pipe_through) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let options = run::LsOptions {
@@ -760,12 +759,8 @@ pub struct ExtractArgs {
 
 /// `btrfs2s3 extract`.
 pub fn extract(args: &ExtractArgs) -> u8 {
-    let target = match target(&args.remotes, true) {
-        Ok(target) => target,
-        Err(code) => return code,
-    };
-    let pipe_through = match split_all(&args.pipe_through) {
-        Ok(commands) => commands,
+    let (target, pipe_through) = match reader(&args.remotes, &args.pipe_through) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let options = run::ExtractOptions {

@@ -1164,6 +1164,19 @@ impl From<crate::Error> for Carry {
     }
 }
 
+/// What a file of this type is in the model.
+fn node_of(file_type: std::fs::FileType) -> Node {
+    if file_type.is_dir() {
+        Node::Directory
+    } else if file_type.is_file() {
+        Node::File
+    } else if file_type.is_symlink() {
+        Node::Symlink
+    } else {
+        Node::Special
+    }
+}
+
 /// The model of a restored directory: its names, what they are, modes, owners, sizes, times,
 /// symlink targets; hard links share an inode. The start of a differential restored into a
 /// copy of a directory restored earlier.
@@ -1179,15 +1192,7 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
         };
         let metadata = std::fs::symlink_metadata(&full)?;
         let file_type = metadata.file_type();
-        let node = if file_type.is_dir() {
-            Node::Directory
-        } else if file_type.is_file() {
-            Node::File
-        } else if file_type.is_symlink() {
-            Node::Symlink
-        } else {
-            Node::Special
-        };
+        let node = node_of(file_type);
         let mut inode = Inode::new(node);
         inode.mode = u64::from(metadata.mode() & 0o7777);
         inode.uid = u64::from(metadata.uid());
@@ -1260,15 +1265,7 @@ fn copy_entry(
         }
     }
     let mode = metadata.mode() & 0o7777;
-    let node = if file_type.is_dir() {
-        Node::Directory
-    } else if file_type.is_file() {
-        Node::File
-    } else if file_type.is_symlink() {
-        Node::Symlink
-    } else {
-        Node::Special
-    };
+    let node = node_of(file_type);
     if file_type.is_dir() {
         std::fs::create_dir(to)?;
     } else if file_type.is_file() {

@@ -541,6 +541,7 @@ fn history(env: &TestEnv, seed: u64, counts: &Tally, check: Check) {
         Check::Root => {
             compare(&what, &streams, &snapshots, &received, &plain);
             extract_some(&mut rng, &what, &streams, &received, &plain);
+            refuse_damage(&mut rng, &what, &streams[0], &plain);
         }
         Check::User => as_user(&what, &streams, &received, &plain),
     }
@@ -660,6 +661,29 @@ fn extract_some(rng: &mut Rng, what: &str, streams: &[PathBuf], received: &Path,
         }
     }
     let _ = std::fs::remove_dir_all(&shadow);
+}
+
+/// A cut and a damaged copy of the full stream are refused, naming a byte offset.
+fn refuse_damage(rng: &mut Rng, what: &str, stream: &Path, plain: &Path) {
+    let bytes = std::fs::read(stream).unwrap();
+    // After the header (a damaged or missing magic or version is another error).
+    let after_header =
+        |rng: &mut Rng| 17 + usize::try_from(rng.below(bytes.len() as u64 - 17)).unwrap();
+    let cut = bytes[..after_header(rng)].to_vec();
+    let mut flipped = bytes.clone();
+    let at = after_header(rng);
+    flipped[at] ^= 1 << rng.below(8);
+    for (name, damaged) in [("cut", cut), ("flipped", flipped)] {
+        let dest = plain.join(format!("damaged-{name}"));
+        std::fs::create_dir(&dest).unwrap();
+        let receiver =
+            Receiver::new(&dest, Tree::new(), &Parent::None, Options::default()).unwrap();
+        let error = receiver
+            .receive(damaged.as_slice(), true)
+            .expect_err("a damaged stream is refused");
+        let message = error.to_string();
+        assert!(message.contains("byte"), "{what}: {name}: {message}");
+    }
 }
 
 /// The `apply` example (what `restore --plain --latest-only` runs), built once.

@@ -177,40 +177,24 @@ fn check_extract(fixture: &Fixture, newest_name: &str) {
     left.sort();
     assert_eq!(left, ["copy", "moved"]);
     // Again: the paths exist now, a usage error; so is a path the backup lacks.
-    let output = fixture.btrfs2s3(&[
-        "extract",
-        "--uuid",
-        &newest,
-        "--path",
-        "copy",
-        "--to",
-        &to_text,
-        "--pipe-through",
-        "gunzip",
-    ]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(
-        text(&output).contains("exists already"),
-        "{}",
-        text(&output)
-    );
-    let output = fixture.btrfs2s3(&[
-        "extract",
-        "--uuid",
-        &newest,
-        "--path",
-        "nowhere",
-        "--to",
-        &to_text,
-        "--pipe-through",
-        "gunzip",
-    ]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(
-        text(&output).contains("has no \"nowhere\""),
-        "{}",
-        text(&output)
-    );
+    for (path, message) in [
+        ("copy", "exists already"),
+        ("nowhere", "has no \"nowhere\""),
+    ] {
+        let output = fixture.btrfs2s3(&[
+            "extract",
+            "--uuid",
+            &newest,
+            "--path",
+            path,
+            "--to",
+            &to_text,
+            "--pipe-through",
+            "gunzip",
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        assert!(text(&output).contains(message), "{}", text(&output));
+    }
     std::fs::remove_dir_all(to.parent().unwrap()).unwrap();
 }
 

@@ -197,27 +197,14 @@ async fn first_pass(
             remote: &chain.remote.id,
             backup: BackupLabel::of_backup(backup, &ctime),
         };
-        ui.started(transfer);
-        let progress = |bytes| ui.progress(bytes);
         let mut start = Tree::from_parent(&tree);
         if backup.meta.send_parent_uuid.is_none() {
             start = Tree::new();
         }
-        let result = download_read(
-            &chain.client,
-            &backup.key,
-            &backup.pieces,
-            &chain.commands,
-            &progress,
-            move |reader| extract::read(reader, &mut start).map(|clones| (clones, start)),
-        )
-        .await;
-        let report = result.as_ref().map(|(size, _)| *size).map_err(copy_error);
-        ui.finished(transfer, &report);
-        let (size, (found, next)) = result.map_err(|source| LsError::Stream {
-            key: backup.key.to_string(),
-            source,
-        })?;
+        let (size, (found, next)) = read_backup(chain, backup, transfer, ui, move |reader| {
+            extract::read(reader, &mut start).map(|clones| (clones, start))
+        })
+        .await?;
         downloaded += size;
         clones.push(found);
         tree = next;
@@ -245,7 +232,6 @@ async fn second_pass(
         let transfer = Transfer::Receive {
             backup: BackupLabel::of_backup(backup, &ctime),
         };
-        ui.started(transfer);
         let (start, parent) = match backup.meta.send_parent_uuid {
             Some(uuid) if index > 0 => {
                 let _ = std::fs::remove_dir_all(shadow);
@@ -266,27 +252,49 @@ async fn second_pass(
         };
         let receiver = Receiver::new(work, start, &parent, options).map_err(local("open", work))?;
         let last = index + 1 == count;
-        let progress = |bytes| ui.progress(bytes);
-        let result = download_read(
-            &chain.client,
-            &backup.key,
-            &backup.pieces,
-            &chain.commands,
-            &progress,
-            move |reader| receiver.receive(reader, last),
-        )
-        .await;
-        let report = result.as_ref().map(|(size, _)| *size).map_err(copy_error);
-        ui.finished(transfer, &report);
-        let (size, outcome) = result.map_err(|source| LsError::Stream {
-            key: backup.key.to_string(),
-            source,
-        })?;
+        let (size, outcome) = read_backup(chain, backup, transfer, ui, move |reader| {
+            receiver.receive(reader, last)
+        })
+        .await?;
         downloaded += size;
         notes.merge(outcome.notes);
         tree = outcome.tree;
     }
     Ok((downloaded, notes))
+}
+
+/// Streams `backup` of `chain` into `read` (on a blocking thread), telling `ui`.
+async fn read_backup<T: Send + 'static>(
+    chain: &super::ls::Chain<'_>,
+    backup: &crate::plan::BackupState,
+    transfer: Transfer<'_>,
+    ui: &impl TransferUi,
+    read: impl FnOnce(
+        std::io::BufReader<std::fs::File>,
+    ) -> Result<T, btrfs2s3_stream::model::ApplyError>
+    + Send
+    + 'static,
+) -> Result<(u64, T), ExtractError> {
+    ui.started(transfer);
+    let progress = |bytes| ui.progress(bytes);
+    let result = download_read(
+        &chain.client,
+        &backup.key,
+        &backup.pieces,
+        &chain.commands,
+        &progress,
+        read,
+    )
+    .await;
+    let report = result.as_ref().map(|(size, _)| *size).map_err(copy_error);
+    ui.finished(transfer, &report);
+    result.map_err(|source| {
+        LsError::Stream {
+            key: backup.key.to_string(),
+            source,
+        }
+        .into()
+    })
 }
 
 /// A copy of an error for the progress line (the original goes into the result).
