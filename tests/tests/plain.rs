@@ -117,7 +117,8 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     let damaged = tmpfs_dir();
     let keys = keys_by_size(&fixture);
     let diff = &keys[0];
-    let mut bytes = run_gunzip(&fixture.download(0, diff));
+    let original = fixture.download(0, diff);
+    let mut bytes = run_gunzip(&original);
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x20;
     fixture.put(0, diff, &run_gzip(&bytes));
@@ -134,6 +135,17 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
         !left.iter().any(|name| name.contains("partial")),
         "{left:?}"
     );
+    // Mended, the same command goes on: the full backup's directory, restored by the run
+    // before, is read back as the differential's parent.
+    fixture.put(0, diff, &original);
+    let output = restore(&fixture, &damaged, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("already there, skipped"),
+        "{}",
+        text(&output)
+    );
+    assert_same(&fixture.snapshots.join(&names[1]), &damaged.join(&names[1]));
     for dir in [dest, latest, damaged] {
         std::fs::remove_dir_all(dir).unwrap();
     }
