@@ -587,6 +587,28 @@ fn malformed_command_lines_exit_2() {
             vec!["verify", "--bucket", "b", "--uuid", "12"],
             "invalid value '12'",
         ),
+        (
+            vec!["restore", &config, "--dest", &dest, "--latest-only"],
+            "--plain",
+        ),
+        (
+            vec!["restore", &config, "--dest", "/nonexistent/dir", "--plain"],
+            "cannot restore into /nonexistent/dir",
+        ),
+        (
+            vec!["extract", &config, "--uuid", "12345678", "--to", &dest],
+            "--path",
+        ),
+        (
+            vec!["extract", &config, "--uuid", "12345678", "--path", "a"],
+            "--to",
+        ),
+        (
+            vec![
+                "extract", &config, "--uuid", "12345678", "--path", "/", "--to", &dest,
+            ],
+            "the snapshot's root",
+        ),
     ];
     for (args, expect) in cases {
         let output = Command::new(support::binary())

@@ -102,14 +102,6 @@ pub async fn extract(
     ui: &impl TransferUi,
     cancel: &Cancel,
 ) -> Result<ExtractReport, ExtractError> {
-    let chain = chain(target, &options.uuid, &options.pipe_through, cancel).await?;
-    let Some(last) = chain.backups.last() else {
-        return Err(LsError::NotOneBackup {
-            uuid: options.uuid.clone(),
-        }
-        .into());
-    };
-    let key = last.key.to_string();
     let wanted: Vec<Vec<u8>> = options
         .paths
         .iter()
@@ -124,6 +116,15 @@ pub async fn extract(
             return Err(ExtractError::Exists { path: target_path });
         }
     }
+    // The paths first: nothing is read from the remote for a command that cannot work.
+    let chain = chain(target, &options.uuid, &options.pipe_through, cancel).await?;
+    let Some(last) = chain.backups.last() else {
+        return Err(LsError::NotOneBackup {
+            uuid: options.uuid.clone(),
+        }
+        .into());
+    };
+    let key = last.key.to_string();
     std::fs::create_dir_all(&options.to).map_err(local("create", &options.to))?;
     let mut downloaded = 0;
 
