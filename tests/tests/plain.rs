@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use btrfs2s3_tests::{TestEnv, unique_name};
-use support::{Fixture, directory_times, manifest, run};
+use support::{Fixture, directory_times, manifest, run, without_owners};
 
 fn tmpfs_dir() -> PathBuf {
     let dir = PathBuf::from("/dev/shm").join(unique_name("plain"));
@@ -111,6 +111,7 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     assert_same(&fixture.snapshots.join(&names[1]), &latest.join(&names[1]));
 
     check_extract(&fixture, &names[1]);
+    check_as_nobody(&fixture, &names);
 
     // A damaged differential: the restore fails naming the byte, and leaves no directory
     // under the snapshot's name, and nothing half-applied.
@@ -149,6 +150,49 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     for dir in [dest, latest, damaged] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// `restore --plain` by a user without root, without the config (`--bucket`, credentials in
+/// the environment): the same snapshots, but every name is the user's, and a note says so.
+fn check_as_nobody(fixture: &Fixture, names: &[String]) {
+    let dest = tmpfs_dir();
+    std::os::unix::fs::chown(&dest, Some(65534), Some(65534)).unwrap();
+    let (_, server, bucket) = &fixture.remotes[0];
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(support::binary())
+        .args(["restore", "--plain", "--pipe-through", "gunzip", "--dest"])
+        .arg(&dest)
+        .args(["--bucket", bucket, "--endpoint-url", &server.endpoint])
+        .args(["--region", &server.region])
+        .env("AWS_ACCESS_KEY_ID", &server.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_access_key)
+        .env("HOME", &dest)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("note: owners were not restored"),
+        "{}",
+        text(&output)
+    );
+    let owners_masked = |root: &Path| without_owners(manifest(root));
+    for name in names {
+        let restored = manifest(&dest.join(name));
+        assert!(
+            restored.iter().all(|line| line.contains(" 65534:65534 ")),
+            "{restored:?}"
+        );
+        assert_eq!(
+            owners_masked(&fixture.snapshots.join(name)),
+            owners_masked(&dest.join(name))
+        );
+        assert_eq!(
+            directory_times(&fixture.snapshots.join(name)),
+            directory_times(&dest.join(name))
+        );
+    }
+    std::fs::remove_dir_all(dest).unwrap();
 }
 
 /// `extract` of two paths of the newest backup (named `newest_name`), from its chain: the

@@ -464,3 +464,15 @@ pub fn directory_times(root: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// Manifest lines (see [`manifest`]) with the owner left out.
+pub fn without_owners(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.splitn(4, ' ').collect();
+            fields[2] = "-";
+            fields.join(" ")
+        })
+        .collect()
+}
