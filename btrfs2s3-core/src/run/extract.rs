@@ -102,6 +102,7 @@ pub async fn extract(
     ui: &impl TransferUi,
     cancel: &Cancel,
 ) -> Result<ExtractReport, ExtractError> {
+    // The paths first: nothing is read from the remote for a command that cannot work.
     let wanted: Vec<Vec<u8>> = options
         .paths
         .iter()
@@ -116,7 +117,6 @@ pub async fn extract(
             return Err(ExtractError::Exists { path: target_path });
         }
     }
-    // The paths first: nothing is read from the remote for a command that cannot work.
     let chain = chain(target, &options.uuid, &options.pipe_through, cancel).await?;
     let Some(last) = chain.backups.last() else {
         return Err(LsError::NotOneBackup {
