@@ -35,7 +35,7 @@ pub struct SubvolumeInfo {
     pub rtime: libc::timespec,
 }
 
-#[link(name = "btrfsutil")]
+// Linked by build.rs: statically where the archive is installed.
 unsafe extern "C" {
     pub fn btrfs_util_subvolume_info_fd(
         fd: c_int,
