@@ -285,3 +285,26 @@ fn run_gzip(input: &[u8]) -> Vec<u8> {
 fn run_gunzip(input: &[u8]) -> Vec<u8> {
     filter("gunzip", &["-c"], input)
 }
+
+/// The binary carries libbtrfsutil (linked statically where its archive is installed, as on
+/// the build machines): copied alone to a machine without btrfs, it restores.
+#[test]
+fn the_binary_runs_without_libbtrfsutil_installed() {
+    let archive_installed = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).join("libbtrfsutil.a").is_file());
+    if !archive_installed {
+        eprintln!("skipping: no libbtrfsutil.a here, so the binary links the shared library");
+        return;
+    }
+    let dynamic = run(Command::new("readelf")
+        .arg("--dynamic")
+        .arg(support::binary()));
+    assert!(dynamic.contains("NEEDED"), "{dynamic}");
+    assert!(!dynamic.contains("libbtrfsutil"), "{dynamic}");
+}
