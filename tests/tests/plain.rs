@@ -69,6 +69,12 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
         .args(["-n", "user.note", "-v", "kept"])
         .arg(source.join("dir/a")));
     std::os::unix::fs::chown(source.join("dir/deeper"), Some(1000), Some(100)).unwrap();
+    // A directory its owner may not write to: a restore without root must still fill it.
+    std::fs::set_permissions(
+        source.join("dir/deeper"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
     fixture.update(&[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // The differential: a rename, a reflink copy of a file that then changes, a removal.
@@ -152,24 +158,41 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     }
 }
 
+/// Runs the binary as `nobody` with `args`, reading remote 0 without the config (`--bucket`,
+/// credentials in the environment), with `home` as its home.
+fn as_nobody(fixture: &Fixture, args: &[&str], home: &Path) -> Output {
+    let (_, server, bucket) = &fixture.remotes[0];
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(support::binary())
+        .args(args)
+        .args(["--bucket", bucket, "--endpoint-url", &server.endpoint])
+        .args(["--region", &server.region])
+        .env("AWS_ACCESS_KEY_ID", &server.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_access_key)
+        .env("HOME", home)
+        .output()
+        .unwrap()
+}
+
 /// `restore --plain` by a user without root, without the config (`--bucket`, credentials in
 /// the environment): the same snapshots, but every name is the user's, and a note says so.
 fn check_as_nobody(fixture: &Fixture, names: &[String]) {
     let dest = tmpfs_dir();
     std::os::unix::fs::chown(&dest, Some(65534), Some(65534)).unwrap();
-    let (_, server, bucket) = &fixture.remotes[0];
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(support::binary())
-        .args(["restore", "--plain", "--pipe-through", "gunzip", "--dest"])
-        .arg(&dest)
-        .args(["--bucket", bucket, "--endpoint-url", &server.endpoint])
-        .args(["--region", &server.region])
-        .env("AWS_ACCESS_KEY_ID", &server.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &server.secret_access_key)
-        .env("HOME", &dest)
-        .output()
-        .unwrap();
+    let dest_text = dest.to_string_lossy().into_owned();
+    let output = as_nobody(
+        fixture,
+        &[
+            "restore",
+            "--plain",
+            "--pipe-through",
+            "gunzip",
+            "--dest",
+            &dest_text,
+        ],
+        &dest,
+    );
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("note: owners were not restored"),
@@ -177,6 +200,35 @@ fn check_as_nobody(fixture: &Fixture, names: &[String]) {
         text(&output)
     );
     let owners_masked = |root: &Path| without_owners(manifest(root));
+    // And one directory of the newest backup, extracted (it is read-only: moved out all the
+    // same).
+    let to = dest.join("extracted");
+    let newest = btrfs2s3_s3::BackupMeta::parse_key(&keys_by_size(fixture)[0])
+        .unwrap()
+        .uuid
+        .to_string();
+    let to_text = to.to_string_lossy().into_owned();
+    let output = as_nobody(
+        fixture,
+        &[
+            "extract",
+            "--pipe-through",
+            "gunzip",
+            "--uuid",
+            &newest,
+            "--path",
+            "moved/deeper",
+            "--to",
+            &to_text,
+        ],
+        &dest,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let snapshot = fixture.snapshots.join(&names[1]).join("moved/deeper");
+    assert_eq!(
+        without_owners(manifest(&snapshot)),
+        without_owners(manifest(&to.join("moved/deeper")))
+    );
     for name in names {
         let restored = manifest(&dest.join(name));
         assert!(

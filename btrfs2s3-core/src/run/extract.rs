@@ -169,7 +169,7 @@ pub async fn extract(
         if let Some(parent) = into.parent() {
             std::fs::create_dir_all(parent).map_err(local("create", parent))?;
         }
-        std::fs::rename(work.join(&relative), &into).map_err(local("move into", &into))?;
+        move_out(&work.join(&relative), &into).map_err(local("move into", &into))?;
         extracted.push(into);
     }
     // The rest of the tree: names without data.
@@ -303,6 +303,23 @@ fn copy_error(error: &PipelineError) -> PipelineError {
     PipelineError::Internal {
         message: crate::error_chain(error),
     }
+}
+
+/// Renames `from` to `to` (another directory): a directory that its mode keeps its owner
+/// from writing to (needed to change its `..`) is writable for the move only.
+fn move_out(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::symlink_metadata(from)?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    let locked = metadata.is_dir() && mode & 0o200 == 0;
+    if locked {
+        std::fs::set_permissions(from, std::fs::Permissions::from_mode(mode | 0o200))?;
+    }
+    std::fs::rename(from, to)?;
+    if locked {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Gives every directory below `root` its owner's permissions, so that the tree can be
