@@ -302,8 +302,8 @@ pub struct RestoreArgs {
     /// `DEST/<snapshot name>` (owners are restored when run as root).
     #[arg(long)]
     pub plain: bool,
-    /// With `--plain`: only the newest backup of the selection, its chain applied to one
-    /// working tree (the intermediate snapshots are not kept).
+    /// With `--plain`: only the newest backup of each source of the selection, its chain
+    /// applied to one working tree (the intermediate snapshots are not kept).
     #[arg(long, requires = "plain")]
     pub latest_only: bool,
     /// Restore only this backup (a snapshot uuid or its start, as `list` shows it, with its
@@ -452,11 +452,16 @@ fn print_notes(notes: &run::Notes) {
 /// The backups a restore receives, in order, as a table on standard output.
 fn print_restore_plan(plan: &RestorePlan, ids: &ShortIds) -> std::io::Result<()> {
     let latest_only = plan.plain.is_some_and(|plain| plain.latest_only);
-    let newest = plan.items.last().map(|item| item.uuid);
     let rows: Vec<[String; 5]> = plan
         .items
         .iter()
-        .map(|item| {
+        .enumerate()
+        .map(|(at, item)| {
+            // With --latest-only, each chain's last backup is kept; the rest are applied.
+            let kept = plan
+                .items
+                .get(at + 1)
+                .is_none_or(|next| next.send_parent.is_none());
             let archived = plan.archived().any(|a| a.key == item.key);
             let status = match (item.present, archived) {
                 (true, _) => "already there, skipped".to_owned(),
@@ -464,9 +469,7 @@ fn print_restore_plan(plan: &RestorePlan, ids: &ShortIds) -> std::io::Result<()>
                     "to receive, from {} (restored first)",
                     escape(item.storage_class.as_deref().unwrap_or_default())
                 ),
-                (false, false) if latest_only && Some(item.uuid) != newest => {
-                    "to apply (not kept)".to_owned()
-                }
+                (false, false) if latest_only && !kept => "to apply (not kept)".to_owned(),
                 (false, false) => "to receive".to_owned(),
             };
             let id = match item.send_parent {

@@ -99,13 +99,7 @@ pub(super) async fn prepare(
     let mut items =
         restore::plan_restore(&catalog, &options.selection, &present, &target.timezone)?;
     if plain.latest_only {
-        items = newest_chain(items);
-        // One working tree: the chain applies from its full backup, unless the newest is
-        // there already.
-        let done = items.last().is_some_and(|item| item.present);
-        for item in &mut items {
-            item.present = done;
-        }
+        items = latest_chains(&items);
     }
     Ok(RestorePlan {
         remote_id: remote.id.clone(),
@@ -116,6 +110,33 @@ pub(super) async fn prepare(
         commands,
         remote: client,
     })
+}
+
+/// The newest backup of each source of `items` with its chain, root first, each chain whole
+/// (applied to one working tree from its full backup) unless that newest is there already.
+fn latest_chains(items: &[RestoreItem]) -> Vec<RestoreItem> {
+    let mut sources: Vec<&str> = Vec::new();
+    for item in items {
+        if !sources.contains(&item.source.as_str()) {
+            sources.push(&item.source);
+        }
+    }
+    let mut chosen = Vec::new();
+    for source in sources {
+        let mut chain = newest_chain(
+            items
+                .iter()
+                .filter(|item| item.source == source)
+                .cloned()
+                .collect(),
+        );
+        let done = chain.last().is_some_and(|item| item.present);
+        for item in &mut chain {
+            item.present = done;
+        }
+        chosen.extend(chain);
+    }
+    chosen
 }
 
 /// The newest of `items` (by ctime, then ctransid) and its send ancestors, root first.
@@ -198,10 +219,27 @@ pub(super) async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> Restore
         children,
         notes: Notes::default(),
     };
-    let result = if latest_only {
-        restore_in_place(plan, &pending, &mut state, ui)
-            .await
-            .map(|()| usize::from(!pending.is_empty()))
+    let (received, failure) = if latest_only {
+        // One chain per source, each from its full backup.
+        let mut received = 0;
+        let mut failure = None;
+        let mut starts: Vec<usize> = pending
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| item.send_parent.is_none())
+            .map(|(at, _)| at)
+            .collect();
+        starts.push(pending.len());
+        for range in starts.windows(2) {
+            match restore_in_place(plan, &pending[range[0]..range[1]], &mut state, ui).await {
+                Ok(()) => received += 1,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        (received, failure)
     } else {
         let mut received = 0;
         let mut failure = None;
@@ -220,28 +258,12 @@ pub(super) async fn restore(plan: &RestorePlan, ui: &impl TransferUi) -> Restore
                 }
             }
         }
-        match failure {
-            None => Ok(received),
-            Some((key, error)) => {
-                return RestoreReport {
-                    received,
-                    notes: state.notes,
-                    failure: Some(ReceiveFailure { key, error }),
-                };
-            }
-        }
+        (received, failure)
     };
-    match result {
-        Ok(received) => RestoreReport {
-            received,
-            notes: state.notes,
-            failure: None,
-        },
-        Err((key, error)) => RestoreReport {
-            received: 0,
-            notes: state.notes,
-            failure: Some(ReceiveFailure { key, error }),
-        },
+    RestoreReport {
+        received,
+        notes: state.notes,
+        failure: failure.map(|(key, error)| ReceiveFailure { key, error }),
     }
 }
 
@@ -468,4 +490,52 @@ async fn finish(
     })
     .await?;
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u128, source: &str, parent: Option<u128>, present: bool) -> RestoreItem {
+        RestoreItem {
+            key: format!("key{n}"),
+            pieces: Vec::new(),
+            uuid: Uuid::from_u128(n),
+            source: source.to_owned(),
+            send_parent: parent.map(Uuid::from_u128),
+            ctime: format!("2026-01-{n:02}T00:00:00Z"),
+            ctransid: i64::try_from(n).unwrap(),
+            size: 1,
+            storage_class: None,
+            present,
+        }
+    }
+
+    #[test]
+    fn latest_only_takes_each_sources_newest_chain() {
+        // home: 1 <- 2 <- 3, 1 <- 4 (the newest); etc: 5 <- 6 (there already).
+        let items = [
+            item(1, "home", None, true),
+            item(2, "home", Some(1), false),
+            item(3, "home", Some(2), false),
+            item(4, "home", Some(1), false),
+            item(5, "etc", None, false),
+            item(6, "etc", Some(5), true),
+        ];
+        let chosen: Vec<(u128, bool)> = latest_chains(&items)
+            .iter()
+            .map(|item| (item.uuid.as_u128(), item.present))
+            .collect();
+        // home's chain applies whole (its full backup in DEST is not the working tree);
+        // etc's newest is there: nothing to do.
+        assert_eq!(chosen, [(1, false), (4, false), (5, true), (6, true)]);
+    }
+
+    #[test]
+    fn record_lines_name_single_directories() {
+        assert!(is_single_name("home.2026-01-01T00:00:00+00:00"));
+        for bad in ["", ".", "..", "a/b", "a\nb", ".btrfs2s3-partial-x"] {
+            assert!(!is_single_name(bad), "{bad:?}");
+        }
+    }
 }
