@@ -462,6 +462,17 @@ fn tally(streams: &[PathBuf], counts: &Tally) {
                     .entry("Clone from the parent".to_owned())
                     .or_default() += 1;
             }
+            if kind == Kind::EncodedWrite {
+                let compression = match command.u64(Attribute::Compression).unwrap() {
+                    0 => "none",
+                    1 => "zlib",
+                    2 => "zstd",
+                    _ => "lzo",
+                };
+                *counts
+                    .entry(format!("EncodedWrite {compression}"))
+                    .or_default() += 1;
+            }
         }
     }
 }
@@ -851,6 +862,9 @@ fn plain_restores_match_btrfs_receive_on_generated_histories() {
             "Clone",
             "Clone from the parent",
             "EncodedWrite",
+            "EncodedWrite lzo",
+            "EncodedWrite zlib",
+            "EncodedWrite zstd",
             "Fallocate",
             "Link",
             "Mkfifo",
