@@ -100,6 +100,14 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     for name in &names {
         assert_same(&fixture.snapshots.join(name), &dest.join(name));
     }
+    // The sparse file's 8 MiB hole is a hole again (the stream has no data for it).
+    let sparse = std::fs::metadata(dest.join(&names[0]).join("sparse")).unwrap();
+    assert!(sparse.len() > 8 << 20);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&sparse) * 512 < 1 << 20,
+        "{} blocks",
+        std::os::unix::fs::MetadataExt::blocks(&sparse)
+    );
     // Run again: what is there is skipped.
     let output = restore(&fixture, &dest, &[]);
     assert!(text(&output).contains("nothing to do"), "{}", text(&output));
