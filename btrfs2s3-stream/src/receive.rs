@@ -713,9 +713,15 @@ impl Receiver {
         if path.is_empty() {
             return Ok(rustix::fs::fchmod(&self.root, mode)?);
         }
-        let (dir, name) = split(path);
-        let dir = open_dir(&self.root, dir)?;
-        Ok(rustix::fs::chmodat(&dir, os(name), mode, AtFlags::empty())?)
+        // chmod follows a symbolic link at the end of a path (Linux has no "nofollow" for it
+        // before 6.6): the name is opened without following it, and a link is left alone.
+        let target = open_below(&self.root, path, OFlags::PATH)?;
+        let stat = rustix::fs::fstat(&target)?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink {
+            return Ok(());
+        }
+        let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
+        Ok(rustix::fs::chmod(by_fd.as_str(), mode)?)
     }
 
     fn set_xattr(&mut self, path: &[u8], name: &[u8], value: &[u8]) {
@@ -1350,5 +1356,178 @@ fn copy_xattrs(from: &Path, to: &Path) {
             let _ =
                 rustix::fs::lsetxattr(to, os(name), &value[..n], rustix::fs::XattrFlags::empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::{encode, header};
+
+    /// A directory of its own under the system's temporary directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("btrfs2s3-receive-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("work")).unwrap();
+            std::fs::create_dir_all(dir.join("outside")).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A command: its kind and attributes.
+    type Step = (Kind, Vec<(Attribute, Vec<u8>)>);
+
+    /// A full stream: `subvol`, then `commands`, then `end`.
+    fn stream(commands: &[Step]) -> Vec<u8> {
+        let mut bytes = header(1);
+        bytes.extend(encode(
+            Kind::Subvol,
+            &[
+                (Attribute::Path, b"snap".to_vec()),
+                (Attribute::Uuid, vec![7; 16]),
+                (Attribute::Ctransid, 1u64.to_le_bytes().to_vec()),
+            ],
+        ));
+        for (kind, attributes) in commands {
+            bytes.extend(encode(*kind, attributes));
+        }
+        bytes.extend(encode(Kind::End, &[]));
+        bytes
+    }
+
+    fn path(attribute: Attribute, value: &str) -> (Attribute, Vec<u8>) {
+        (attribute, value.as_bytes().to_vec())
+    }
+
+    fn receive(scratch: &Scratch, bytes: &[u8]) -> Result<Received, ApplyError> {
+        let receiver = Receiver::new(
+            &scratch.0.join("work"),
+            Tree::new(),
+            &Parent::None,
+            Options::default(),
+        )
+        .unwrap();
+        receiver.receive(bytes, true)
+    }
+
+    #[test]
+    fn a_stream_cannot_reach_outside_its_directory() {
+        let scratch = Scratch::new("escape");
+        let outside = scratch.0.join("outside");
+        let target = outside.to_string_lossy().into_owned();
+        let attempts: Vec<Vec<Step>> = vec![
+            vec![(Kind::Mkfile, vec![path(Attribute::Path, "../outside/evil")])],
+            vec![(Kind::Mkdir, vec![path(Attribute::Path, "/tmp/evil")])],
+            vec![(Kind::Mkfile, vec![path(Attribute::Path, "a//b")])],
+            // Through a symbolic link to the directory outside.
+            vec![
+                (
+                    Kind::Symlink,
+                    vec![
+                        path(Attribute::Path, "link"),
+                        path(Attribute::PathLink, &target),
+                    ],
+                ),
+                (Kind::Mkfile, vec![path(Attribute::Path, "link/evil")]),
+            ],
+            vec![(
+                Kind::Link,
+                vec![
+                    path(Attribute::Path, "here"),
+                    path(Attribute::PathLink, "../outside/file"),
+                ],
+            )],
+        ];
+        for attempt in attempts {
+            let error = receive(&scratch, &stream(&attempt)).unwrap_err();
+            assert!(
+                error.to_string().contains("does not apply"),
+                "{attempt:?}: {error}"
+            );
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+            std::fs::remove_dir_all(scratch.0.join("work")).unwrap();
+            std::fs::create_dir(scratch.0.join("work")).unwrap();
+        }
+    }
+
+    #[test]
+    fn chmod_of_a_symbolic_link_leaves_its_target_alone() {
+        let scratch = Scratch::new("chmod");
+        let victim = scratch.0.join("outside/victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let bytes = stream(&[
+            (
+                Kind::Symlink,
+                vec![
+                    path(Attribute::Path, "link"),
+                    path(Attribute::PathLink, &victim.to_string_lossy()),
+                ],
+            ),
+            (
+                Kind::Chmod,
+                vec![
+                    path(Attribute::Path, "link"),
+                    (Attribute::Mode, 0o777u64.to_le_bytes().to_vec()),
+                ],
+            ),
+        ]);
+        receive(&scratch, &bytes).unwrap();
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn files_get_their_data_modes_and_names() {
+        let scratch = Scratch::new("files");
+        let bytes = stream(&[
+            (Kind::Mkdir, vec![path(Attribute::Path, "dir")]),
+            (Kind::Mkfile, vec![path(Attribute::Path, "dir/file")]),
+            (
+                Kind::Write,
+                vec![
+                    path(Attribute::Path, "dir/file"),
+                    (Attribute::FileOffset, 3u64.to_le_bytes().to_vec()),
+                    path(Attribute::Data, "abc"),
+                ],
+            ),
+            (
+                Kind::Chmod,
+                vec![
+                    path(Attribute::Path, "dir"),
+                    (Attribute::Mode, 0o500u64.to_le_bytes().to_vec()),
+                ],
+            ),
+            (
+                Kind::Link,
+                vec![
+                    path(Attribute::Path, "again"),
+                    path(Attribute::PathLink, "dir/file"),
+                ],
+            ),
+        ]);
+        let received = receive(&scratch, &bytes).unwrap();
+        assert_eq!(received.name, b"snap");
+        let work = scratch.0.join("work");
+        assert_eq!(std::fs::read(work.join("dir/file")).unwrap(), b"\0\0\0abc");
+        assert_eq!(std::fs::read(work.join("again")).unwrap(), b"\0\0\0abc");
+        let mode = std::fs::metadata(work.join("dir"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o500);
+        std::fs::set_permissions(work.join("dir"), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 }
