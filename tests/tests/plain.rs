@@ -58,24 +58,9 @@ fn plain_restores_are_the_snapshots_on_any_filesystem() {
     };
     let fixture = Fixture::new(env, "plain", &["moto"]);
     fixture.write_config("1y 1d", &[&["gzip"]]);
-    let source = &fixture.source;
-    std::fs::create_dir_all(source.join("dir/deeper")).unwrap();
-    fixture.write("dir/a", &vec![7u8; 300_000]);
-    std::fs::hard_link(source.join("dir/a"), source.join("dir/deeper/a-again")).unwrap();
-    std::os::unix::fs::symlink("dir/a", source.join("link")).unwrap();
-    let sparse = std::fs::File::create(source.join("sparse")).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", 8 << 20).unwrap();
-    run(Command::new("setfattr")
-        .args(["-n", "user.note", "-v", "kept"])
-        .arg(source.join("dir/a")));
-    std::os::unix::fs::chown(source.join("dir/deeper"), Some(1000), Some(100)).unwrap();
-    // A directory its owner may not write to: a restore without root must still fill it.
-    std::fs::set_permissions(
-        source.join("dir/deeper"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o555),
-    )
-    .unwrap();
+    fill(&fixture);
     fixture.update(&[]);
+    let source = &fixture.source;
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // The differential: a rename, a reflink copy of a file that then changes, a removal.
     std::fs::rename(source.join("dir"), source.join("moved")).unwrap();
@@ -181,6 +166,32 @@ fn as_nobody(fixture: &Fixture, args: &[&str], home: &Path) -> Output {
         .env("HOME", home)
         .output()
         .unwrap()
+}
+
+/// The full backup's source: a hard link, a symlink, a sparse file, an extended attribute,
+/// another owner, a read-only directory.
+fn fill(fixture: &Fixture) {
+    let source = &fixture.source;
+    std::fs::create_dir_all(source.join("dir/deeper")).unwrap();
+    fixture.write("dir/a", &vec![7u8; 300_000]);
+    std::fs::hard_link(source.join("dir/a"), source.join("dir/deeper/a-again")).unwrap();
+    std::os::unix::fs::symlink("dir/a", source.join("link")).unwrap();
+    let sparse = std::fs::File::create(source.join("sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", 8 << 20).unwrap();
+    rustix::fs::setxattr(
+        source.join("dir/a"),
+        "user.note",
+        b"kept",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(source.join("dir/deeper"), Some(1000), Some(100)).unwrap();
+    // A directory its owner may not write to: a restore without root must still fill it.
+    std::fs::set_permissions(
+        source.join("dir/deeper"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
 }
 
 /// `restore --plain` by a user without root, without the config (`--bucket`, credentials in
