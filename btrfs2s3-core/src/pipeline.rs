@@ -112,6 +112,16 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// A copy of this error as text, for a progress line (the error itself goes into the
+    /// report): a `PipelineError` holds IO errors, which cannot be cloned.
+    pub(crate) fn copy_as_text(&self) -> PipelineError {
+        PipelineError::Internal {
+            message: crate::error_chain(self),
+        }
+    }
+}
+
 /// One command of a pipeline: its arguments as written (for messages and the plan), and the
 /// program it runs — looked up and checked once, when the config is loaded (see
 /// [`crate::trust::resolve_program`]). Serialized as its arguments.

@@ -700,12 +700,13 @@ impl Receiver {
         }
     }
 
+    /// The file at `path`, open for writing (kept open for the commands that follow).
     fn file(&mut self, path: &[u8]) -> io::Result<&File> {
-        if self.open.as_ref().is_none_or(|(open, _)| open != path) {
-            let file = open_below(&self.root, path, OFlags::WRONLY)?;
-            self.open = Some((path.to_vec(), file));
-        }
-        Ok(&self.open.as_ref().expect("just opened").1)
+        let open = match self.open.take() {
+            Some(open) if open.0 == path => open,
+            _ => (path.to_vec(), open_below(&self.root, path, OFlags::WRONLY)?),
+        };
+        Ok(&self.open.insert(open).1)
     }
 
     fn chmod(&self, path: &[u8], mode: u32) -> io::Result<()> {

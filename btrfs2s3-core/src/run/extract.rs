@@ -287,7 +287,10 @@ async fn read_backup<T: Send + 'static>(
         read,
     )
     .await;
-    let report = result.as_ref().map(|(size, _)| *size).map_err(copy_error);
+    let report = result
+        .as_ref()
+        .map(|(size, _)| *size)
+        .map_err(PipelineError::copy_as_text);
     ui.finished(transfer, &report);
     result.map_err(|source| {
         LsError::Stream {
@@ -296,13 +299,6 @@ async fn read_backup<T: Send + 'static>(
         }
         .into()
     })
-}
-
-/// A copy of an error for the progress line (the original goes into the result).
-fn copy_error(error: &PipelineError) -> PipelineError {
-    PipelineError::Internal {
-        message: crate::error_chain(error),
-    }
 }
 
 /// Renames `from` to `to` (another directory): a directory that its mode keeps its owner

@@ -410,7 +410,13 @@ async fn restore_in_place(
         }
         let shadow_path = shadow.clone();
         let _ = blocking(move || remove_leftover(&shadow_path)).await;
-        ui.finished(transfer, &result.as_ref().copied().map_err(clone_error));
+        ui.finished(
+            transfer,
+            &result
+                .as_ref()
+                .copied()
+                .map_err(PipelineError::copy_as_text),
+        );
         if let Err(error) = result {
             let path = work.clone();
             let _ = blocking(move || remove_leftover(&path)).await;
@@ -422,13 +428,6 @@ async fn restore_in_place(
         .map_err(fail(newest))?;
     state.names.insert(newest.uuid, name);
     Ok(())
-}
-
-/// A copy of an error for the progress line (the original goes into the report).
-fn clone_error(error: &PipelineError) -> PipelineError {
-    PipelineError::Internal {
-        message: crate::error_chain(error),
-    }
 }
 
 /// Streams `item` into a receiver that applies it to `work`.
