@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use btrfs2s3_stream::extract::{self, Clones};
 use btrfs2s3_stream::model::Tree;
-use btrfs2s3_stream::receive::{Notes, Options, Parent, Receiver};
+use btrfs2s3_stream::receive::{self, Notes, Options, Parent, Receiver};
 use snafu::Snafu;
 
 use super::ls::{LsError, chain};
@@ -150,14 +150,14 @@ pub async fn extract(
     let shadow = options
         .to
         .join(format!(".btrfs2s3-extract-shadow-{}", last.meta.uuid));
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = receive::remove_tree(&work);
     std::fs::create_dir(&work).map_err(local("create", &work))?;
     let result = second_pass(target, &chain, needed, &work, &shadow, ui).await;
-    let _ = std::fs::remove_dir_all(&shadow);
+    let _ = receive::remove_tree(&shadow);
     let (size, notes) = match result {
         Ok(done) => done,
         Err(error) => {
-            let _ = std::fs::remove_dir_all(&work);
+            let _ = receive::remove_tree(&work);
             return Err(error);
         }
     };
@@ -173,8 +173,7 @@ pub async fn extract(
         extracted.push(into);
     }
     // The rest of the tree: names without data.
-    make_removable(&work);
-    std::fs::remove_dir_all(&work).map_err(local("remove", &work))?;
+    receive::remove_tree(&work).map_err(local("remove", &work))?;
     Ok(ExtractReport {
         key,
         extracted,
@@ -235,7 +234,7 @@ async fn second_pass(
         };
         let (start, parent) = match backup.meta.send_parent_uuid {
             Some(uuid) if index > 0 => {
-                let _ = std::fs::remove_dir_all(shadow);
+                let _ = receive::remove_tree(shadow);
                 std::fs::create_dir(shadow).map_err(local("create", shadow))?;
                 (
                     Tree::from_parent(&tree),
@@ -316,21 +315,4 @@ fn move_out(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
-}
-
-/// Gives every directory below `root` its owner's permissions, so that the tree can be
-/// removed (a directory's own mode may forbid it).
-fn make_removable(root: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    pending.push(entry.path());
-                }
-            }
-        }
-    }
 }

@@ -184,11 +184,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Removes what a failed or killed restore left (its own names only).
 fn remove_leftover(path: &Path) -> Result<(), PipelineError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(local("remove", path)(source)),
-    }
+    receive::remove_tree(path).map_err(local("remove", path))
 }
 
 /// What the restore knows of the backups restored so far.
