@@ -444,11 +444,21 @@ fn restore_and_verify_the_archived_chain(fixture: &Fixture, third: &Value) {
             "{id}: {}",
             stdout(&output)
         );
+        // The subvolume received from the newest backup (by its received uuid: names need
+        // not sort by age).
         let restored = std::fs::read_dir(&dest)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .max()
-            .unwrap();
+            .find(|path| {
+                support::run(
+                    std::process::Command::new("btrfs")
+                        .args(["subvolume", "show"])
+                        .arg(path),
+                )
+                .lines()
+                .any(|line| line.contains("Received UUID:") && line.trim_end().ends_with(&uuid))
+            })
+            .unwrap_or_else(|| panic!("{id}: no subvolume received from {uuid}"));
         assert_eq!(std::fs::read(restored.join("f8")).unwrap(), b"third!!!");
         // The full backup and the newest differential (the second one is not kept).
         let output = fixture.btrfs2s3(&["verify", "--remote", id]);
